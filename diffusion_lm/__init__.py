@@ -1,0 +1,1 @@
+"""diffusion_lm: masked diffusion language models in JAX/Flax."""

@@ -1,0 +1,86 @@
+"""Orbax checkpoints under <workdir>/checkpoints/<step>/.
+
+Each checkpoint holds one item per entry of the train state (`params`,
+`opt_state`, `ema` when on, `loop` = step and RNG), the data iterator's
+position (`data`, per process), and the `config` and `tokenizer` as JSON, so a
+checkpoint alone is enough to resume training or to sample. Orbax writes each
+step into a temporary directory and renames it when complete, so a run killed
+mid-save leaves the previous checkpoint intact. Restoring places every array
+with the sharding of the abstract target, which may be a different mesh.
+"""
+
+import os
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from diffusion_lm import errors
+from diffusion_lm.data import tokenizers
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir: str, max_to_keep: int = 2,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator,
+         config: ml_collections.ConfigDict, tokenizer) -> None:
+  """Starts an asynchronous save of everything needed to resume or sample."""
+  items = {name: ocp.args.StandardSave(value) for name, value in state.items()}
+  mngr.save(step, force=True, args=ocp.args.Composite(
+      data=grain.checkpoint.CheckpointSave(data_iterator),
+      config=ocp.args.JsonSave(config.to_dict()),
+      tokenizer=ocp.args.JsonSave(tokenizer.to_json()),
+      **items))
+
+
+def _abstract(tree):
+  """ShapeDtypeStructs (with shardings) of a pytree of arrays or structs."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, step: int,
+                        abstract_state: dict, data_iterator) -> dict:
+  """The train state at `step`, placed as `abstract_state` says; moves the
+  data iterator to where it was."""
+  items = {name: ocp.args.StandardRestore(_abstract(value))
+           for name, value in abstract_state.items()}
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      data=grain.checkpoint.CheckpointRestore(data_iterator), **items))
+  return {name: restored[name] for name in abstract_state}
+
+
+def restore_metadata(mngr: ocp.CheckpointManager, step: int):
+  """(config, tokenizer) saved with the checkpoint at `step`."""
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
+  config = ml_collections.ConfigDict(restored["config"])
+  return config, tokenizers.from_json(restored["tokenizer"])
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int,
+                   abstract_params: dict, use_ema: bool) -> dict:
+  """The parameters to evaluate or sample with: EMA when on, else raw."""
+  name = "ema" if use_ema else "params"
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      **{name: ocp.args.StandardRestore(_abstract(abstract_params))}))
+  return restored[name]
+
+
+def latest_step_or_raise(mngr: ocp.CheckpointManager, workdir: str) -> int:
+  step = mngr.latest_step()
+  if step is None:
+    raise errors.UserError(
+        f"no checkpoint in {checkpoint_dir(workdir)}: train one first with "
+        f"python -m diffusion_lm.main --config=... --workdir={workdir}")
+  return step

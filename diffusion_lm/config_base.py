@@ -1,0 +1,89 @@
+"""Every config field with its default; recipes in configs/ override a few.
+
+Groups: model, data, diffusion, train, eval, sample, mesh. Config files are
+loaded with `config_flags.DEFINE_config_file(lock_config=True)`, so a
+misspelt override (`--config.train.stpes=1`) fails and names the field.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = dict(
+      num_layers=4,
+      num_heads=4,
+      head_dim=32,
+      embed_dim=128,
+      mlp_dim=512,
+      time_conditioning=False,  # Read the masking rate (MDLM: not needed).
+      dtype="float32",  # Compute dtype: bfloat16 on accelerators.
+      rope_base=10_000.0,
+      attention_impl="",  # '' lets XLA choose; or 'xla', 'cudnn'.
+  )
+
+  c.data = dict(
+      corpus="stdlib",  # 'stdlib' | 'text_files'
+      files="",  # A glob, for corpus='text_files'.
+      data_dir="",  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+      tokenizer="byte",
+      seq_len=128,
+  )
+
+  c.diffusion = dict(
+      schedule="linear",  # 'linear' | 'cosine' | 'polynomial' | 'loglinear'
+      power=2.0,  # polynomial: alpha(t) = 1 - t^power
+      eps=1e-3,  # loglinear: alpha(1) = eps
+  )
+
+  c.train = dict(
+      steps=1000,
+      batch_size=32,  # Global, over all processes.
+      learning_rate=1e-3,
+      warmup_steps=100,
+      final_lr_fraction=0.1,  # Cosine decay to this fraction of the peak.
+      weight_decay=0.01,
+      b1=0.9,
+      b2=0.99,
+      grad_clip=1.0,
+      ema_decay=0.0,  # 0 = no EMA; evaluation and sampling use EMA when on.
+      seed=0,
+      log_every=50,
+      eval_every=500,  # On eval.batches_during_training validation batches.
+      checkpoint_every=500,
+      max_checkpoints=2,
+  )
+
+  c.eval = dict(
+      batch_size=32,
+      num_t_samples=1,  # Times per sequence, stratified across the batch.
+      batches_during_training=8,  # 0 = the whole validation split.
+      split="test",  # Split of the final evaluation and of --mode=eval.
+      seed=0,
+  )
+
+  c.sample = dict(
+      num_samples=4,
+      length=0,  # 0 = data.seq_len.
+      steps=64,
+      sampler="ancestral",  # 'ancestral' | 'confidence'
+      temperature=1.0,
+      top_p=1.0,
+      float64=False,  # float64 Gumbel noise for categorical draws.
+      seed=0,
+  )
+
+  c.mesh = dict(
+      data=-1,  # -1: all devices not used by the other axis.
+      fsdp=1,
+      # Logical axis name -> mesh axes; names not listed stay replicated.
+      rules=(
+          ("embed", "fsdp"),
+          ("mlp", None),
+          ("heads", None),
+          ("head_dim", None),
+          ("vocab", None),
+      ),
+  )
+  return c

@@ -1,0 +1,171 @@
+"""The denoiser: a pre-norm transformer in Flax NNX (RoPE, RMSNorm, gated MLP).
+
+Bidirectional for diffusion, causal for the autoregressive baseline. Every
+parameter carries `logical_axes` metadata (names such as 'embed', 'mlp'), which
+`parallel.py` maps to mesh axes with the rules in `config.mesh.rules`.
+Parameters are kept in float32; matmuls run in `dtype`; logits are float32.
+
+The input vocabulary has one more id than the output: the [MASK] id
+(= vocab_size) can be read but is never predicted (SUBS parameterisation).
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  vocab_size: int  # predicted ids; the input also takes [MASK] = vocab_size
+  num_layers: int = 4
+  num_heads: int = 4
+  head_dim: int = 32
+  embed_dim: int = 128
+  mlp_dim: int = 512
+  causal: bool = False
+  time_conditioning: bool = False
+  dtype: str = "float32"
+  rope_base: float = 10_000.0
+  attention_impl: str | None = None  # None: XLA picks; or 'xla', 'cudnn'
+
+  @classmethod
+  def from_config(cls, model_config, vocab_size: int, causal: bool = False):
+    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "causal"}
+    return cls(vocab_size=vocab_size, causal=causal,
+               **{k: model_config[k] for k in fields if k in model_config})
+
+
+def _param(rngs, shape, axes, stddev):
+  """A float32 parameter: normal(stddev) (zeros if stddev == 0), named axes."""
+  if stddev == 0:
+    value = jnp.zeros(shape, jnp.float32)
+  else:
+    value = stddev * jax.random.normal(rngs.params(), shape, jnp.float32)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int):
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("embed",))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float):
+  """cos and sin of position * frequency, each [seq_len, head_dim // 2]."""
+  freqs = base ** (-jnp.arange(0, head_dim // 2, dtype=jnp.float32) * 2.0 / head_dim)
+  angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * freqs[None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BxLxHxK, cos_LxK2, sin_LxK2):
+  """Rotates the two halves of every head's features by position."""
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos_LxK2[None, :, None, :], sin_LxK2[None, :, None, :]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxLxHxK.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    d, h, k = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+    self.cfg = cfg
+    self.qkv = _param(rngs, (d, 3, h, k), ("embed", None, "heads", "head_dim"),
+                      d**-0.5)
+    self.out = _param(rngs, (h, k, d), ("heads", "head_dim", "embed"),
+                      (h * k)**-0.5 / math.sqrt(2 * cfg.num_layers))
+
+  def __call__(self, x_BxLxD, cos, sin):
+    dtype = x_BxLxD.dtype
+    qkv = jnp.einsum("bld,dthk->tblhk", x_BxLxD, self.qkv[...].astype(dtype))
+    q, k = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin)
+    y_BxLxHxK = jax.nn.dot_product_attention(
+        q, k, qkv[2], is_causal=self.cfg.causal,
+        implementation=self.cfg.attention_impl)
+    return jnp.einsum("blhk,hkd->bld", y_BxLxHxK, self.out[...].astype(dtype))
+
+
+class GatedMLP(nnx.Module):
+  """SwiGLU: (silu(x W_gate) * x W_up) W_down."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    d, f = cfg.embed_dim, cfg.mlp_dim
+    self.up = _param(rngs, (d, 2, f), ("embed", None, "mlp"), d**-0.5)
+    self.down = _param(rngs, (f, d), ("mlp", "embed"),
+                       f**-0.5 / math.sqrt(2 * cfg.num_layers))
+
+  def __call__(self, x_BxLxD):
+    dtype = x_BxLxD.dtype
+    gate, up = jnp.einsum("bld,dtf->tblf", x_BxLxD, self.up[...].astype(dtype))
+    return (jax.nn.silu(gate) * up) @ self.down[...].astype(dtype)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.embed_dim)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg.embed_dim)
+    self.mlp = GatedMLP(cfg, rngs)
+
+  def __call__(self, x, cos, sin):
+    x = x + self.attn(self.attn_norm(x), cos, sin)
+    return x + self.mlp(self.mlp_norm(x))
+
+
+def timestep_features(mask_rate_B, dim: int):
+  """Sinusoidal features of the masking rate (scaled to [0, 1000])."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = 1000.0 * mask_rate_B.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class TimeEmbedding(nnx.Module):
+  """MLP of the masking-rate features, added to every position's embedding."""
+
+  def __init__(self, dim: int, rngs: nnx.Rngs):
+    self.dim = dim
+    self.hidden = _param(rngs, (dim, dim), ("embed_in", "embed"), dim**-0.5)
+    self.out = _param(rngs, (dim, dim), ("embed_in", "embed"), 0.0)
+
+  def __call__(self, mask_rate_B, dtype):
+    h = jax.nn.silu(timestep_features(mask_rate_B, self.dim) @ self.hidden[...])
+    return (h @ self.out[...]).astype(dtype)
+
+
+class Transformer(nnx.Module):
+  """tokens [B, L] int (and masking rate [B]) -> logits [B, L, vocab_size] float32."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size + 1, cfg.embed_dim),
+                        ("vocab", "embed"), 0.02)
+    self.time_embed = (TimeEmbedding(cfg.embed_dim, rngs)
+                       if cfg.time_conditioning else None)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.embed_dim)
+    self.head = _param(rngs, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), 0.0)
+
+  def __call__(self, tokens_BxL, mask_rate_B=None):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    x = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dtype)
+    if self.time_embed is not None:
+      if mask_rate_B is None:
+        raise ValueError("model.time_conditioning=True needs the masking rate")
+      x = x + self.time_embed(mask_rate_B, dtype)[:, None, :]
+    cos, sin = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_base)
+    for block in self.blocks:
+      x = block(x, cos, sin)
+    x = self.final_norm(x)
+    return jnp.einsum("bld,dv->blv", x, self.head[...].astype(dtype),
+                      preferred_element_type=jnp.float32)
