@@ -15,6 +15,7 @@ setuptools.setup(
         "array-record>=0.8",
         "flax>=0.12.8",
         "grain>=0.2.18",
+        "importlib-resources",  # Needed by tensorflow-datasets builders.
         "jax>=0.10.2",
         "ml-collections>=1.1",
         "numpy>=2.0",

@@ -14,8 +14,9 @@ step only ever fills [MASK] positions (SUBS: unmasked tokens are copied).
   token), k spread evenly so that all are committed after `steps` steps.
 
 When the model does not read the masking rate, a step that changed nothing
-reuses the previous logits instead of calling the network (MDLM's caching);
-samplers return the number of network calls made.
+reuses the previous logits instead of calling the network (MDLM's caching),
+and no call is made once nothing is masked; samplers return the number of
+network calls made.
 """
 
 import functools
@@ -98,11 +99,10 @@ def _sample(denoise_fn, params, key, init_BxL, *, mask_id, steps, sampler, sched
 
   def body(step, carry):
     z, logits, changed, calls = carry
-    if reads_mask_rate:  # The input changes every step: always call.
-      logits, calls = call(z, step), calls + 1
-    else:
-      logits, calls = jax.lax.cond(
-          changed, lambda: (call(z, step), calls + 1), lambda: (logits, calls))
+    # A model that reads the masking rate sees a new input every step.
+    needed = jnp.any(z == mask_id) & (changed | reads_mask_rate)
+    logits, calls = jax.lax.cond(
+        needed, lambda: (call(z, step), calls + 1), lambda: (logits, calls))
     new_z = update(jax.random.fold_in(key, step), z, logits, step, steps,
                    schedule, mask_id, draw)
     return new_z, logits, jnp.any(new_z != z), calls

@@ -29,7 +29,7 @@ class TransformerConfig:
   time_conditioning: bool = False
   dtype: str = "float32"
   rope_base: float = 10_000.0
-  attention_impl: str | None = None  # None: XLA picks; or 'xla', 'cudnn'
+  attention_impl: str = ""  # '' lets JAX choose; or 'xla', 'cudnn'
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int, causal: bool = False):
@@ -89,7 +89,7 @@ class Attention(nnx.Module):
     q, k = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin)
     y_BxLxHxK = jax.nn.dot_product_attention(
         q, k, qkv[2], is_causal=self.cfg.causal,
-        implementation=self.cfg.attention_impl)
+        implementation=self.cfg.attention_impl or None)
     return jnp.einsum("blhk,hkd->bld", y_BxLxHxK, self.out[...].astype(dtype))
 
 

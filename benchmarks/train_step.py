@@ -1,0 +1,92 @@
+"""Throughput of the jitted diffusion train step at one shape (one device).
+
+  python benchmarks/train_step.py --layers 4 --heads 4 --head_dim 64 \
+      --seq 256 --batch 16 --vocab 256
+
+Prints one JSON line: train_tokens_per_s (median over --repeats timings of
+--steps steps each), compile_s (first call, compilation included) and params.
+The step is the real one from diffusion_lm.train (NELBO loss, gradient, AdamW,
+clipping) on random tokens; the MLP width is --mlp_ratio * width.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from diffusion_lm import config_base, models, parallel, train
+from diffusion_lm.diffusion import schedules
+
+
+class _Vocab:
+  """A tokenizer stand-in: only the sizes matter to the train step."""
+
+  def __init__(self, vocab_size):
+    self.vocab_size, self.mask_id = vocab_size, vocab_size
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--head_dim", type=int, default=64)
+  parser.add_argument("--mlp_ratio", type=float, default=4.0)
+  parser.add_argument("--seq", type=int, default=256)
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--vocab", type=int, default=256)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+
+  config = config_base.base_config()
+  width = args.heads * args.head_dim
+  config.model.update(num_layers=args.layers, num_heads=args.heads,
+                      head_dim=args.head_dim, embed_dim=width,
+                      mlp_dim=int(args.mlp_ratio * width), dtype=args.dtype)
+  config.train.batch_size = args.batch
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
+                            devices=jax.devices()[:1])
+  vocab = _Vocab(args.vocab)
+  model_cfg = models.model_config(config, vocab)
+  graphdef, abstract_model = models.abstract_model(model_cfg)
+  param_shardings = parallel.state_shardings(abstract_model, config.mesh.rules, mesh)
+  optimizer = train.make_optimizer(config.train)
+  init_fn = lambda: train.init_state(model_cfg, optimizer, config.train)
+  shardings = train.state_shardings(jax.eval_shape(init_fn), param_shardings,
+                                    optimizer, mesh)
+  state = jax.jit(init_fn, out_shardings=shardings)()
+  step_fn = train.make_train_step(graphdef, optimizer, schedules.Linear(),
+                                  vocab.mask_id, 0.0, shardings, mesh)
+  rng = np.random.default_rng(0)
+  batch = parallel.global_batch({
+      "tokens": rng.integers(0, args.vocab, (args.batch, args.seq), np.int32),
+      "weights": np.ones((args.batch, args.seq), np.float32)}, mesh)
+
+  start = time.perf_counter()
+  state, out = step_fn(state, batch)
+  jax.block_until_ready(out)
+  compile_s = time.perf_counter() - start
+  timings = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      state, out = step_fn(state, batch)
+    jax.block_until_ready(out)
+    timings.append(time.perf_counter() - start)
+  seconds = statistics.median(timings)
+  print(json.dumps({
+      "train_tokens_per_s": round(args.batch * args.seq * args.steps / seconds, 1),
+      "compile_s": round(compile_s, 2),
+      "params": models.count_params(state["params"]),
+      "step_ms_median": round(1000 * seconds / args.steps, 2),
+      "device": jax.devices()[0].device_kind,
+  }))
+
+
+if __name__ == "__main__":
+  main()

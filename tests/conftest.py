@@ -1,0 +1,68 @@
+"""Shared fixtures: 8 CPU devices, a tiny text corpus and a tiny config."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+
+# Before any JAX computation: 8 CPU devices for the sharding tests.
+jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_CONFIG = str(REPO / "tests" / "tiny_config.py")
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
+         "def return import class for while if else print self").split()
+
+
+def write_corpus(directory: pathlib.Path, num_files: int = 12) -> str:
+  """Deterministic small text files; returns a glob matching them."""
+  directory.mkdir(parents=True, exist_ok=True)
+  for i in range(num_files):
+    lines = []
+    for j in range(40 + 7 * i):
+      words = [WORDS[(i * 7 + j * 3 + k * k) % len(WORDS)] for k in range(1 + j % 6)]
+      lines.append(" ".join(words))
+    (directory / f"doc_{i:02d}.txt").write_text("\n".join(lines) + "\n")
+  return str(directory / "*.txt")
+
+
+@pytest.fixture(scope="session")
+def corpus_glob(tmp_path_factory) -> str:
+  return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture()
+def tiny_config(corpus_glob, data_dir):
+  sys.path.insert(0, str(REPO / "tests"))
+  import tiny_config  # pylint: disable=g-import-not-at-top
+  sys.path.pop(0)
+  config = tiny_config.get_config()
+  config.data.files = corpus_glob
+  config.data.data_dir = data_dir
+  return config
+
+
+def config_flags(corpus_glob: str, data_dir: str, **overrides) -> list[str]:
+  """Command-line flags for the tiny config on the test corpus."""
+  flags = [f"--config={TINY_CONFIG}", f"--config.data.files={corpus_glob}",
+           f"--config.data.data_dir={data_dir}"]
+  return flags + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def run_module(module: str, *args, check: bool = True, **kwargs):
+  """Runs `python -m module args` on one CPU device; returns the result."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", module, *args], env=env,
+                          capture_output=True, text=True, cwd=REPO, **kwargs)
+  if check and result.returncode != 0:
+    raise AssertionError(f"{module} {args} failed:\n{result.stderr[-4000:]}")
+  return result
