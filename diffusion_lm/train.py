@@ -91,7 +91,7 @@ def make_train_step(graphdef, optimizer, schedule, mask_id: int,
       new_state["ema"] = optax.incremental_update(params, state["ema"],
                                                   1.0 - ema_decay)
     return new_state, {"train/loss": loss,
-                       "train/grad_norm": optax.global_norm(grads)}
+                       "train/grad_norm": optax.tree.norm(grads)}
 
   batch_sharding = parallel.batch_sharding(mesh)
   return jax.jit(

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from diffusion_lm import errors
-from diffusion_lm.data import corpora
+from diffusion_lm.data import corpora, packing
 
 _SHUFFLE_WINDOW = 512  # packed sequences
 
@@ -32,13 +32,9 @@ def _encoded(docs: grain.MapDataset, tokenizer) -> grain.MapDataset:
 
 
 def _packed(docs: grain.MapDataset, seq_len: int) -> grain.IterDataset:
-  packed = grain.experimental.ConcatThenSplitIterDataset(
-      docs.to_iter_dataset(), length_struct={"tokens": seq_len})
-  # Padding (only ever at the very end of a finite stream) has segment id 0.
-  return packed.map(lambda ex: {
-      "tokens": ex["tokens"].astype(np.int32),
-      "weights": (ex["tokens_segment_ids"] > 0).astype(np.float32),
-  })
+  return packing.PackedIterDataset(docs.to_iter_dataset(), seq_len).map(
+      lambda ex: {"tokens": ex["tokens"],
+                  "weights": (ex["segment_ids"] > 0).astype(np.float32)})
 
 
 def source(data_config, split: str):

@@ -1,0 +1,138 @@
+"""Tokenizer, corpora (TFDS builders), splits and the grain pipeline."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from diffusion_lm import errors
+from diffusion_lm.data import corpora, pipeline, tokenizers
+
+TOKENIZER = tokenizers.ByteTokenizer()
+
+
+def test_byte_tokenizer_round_trips_unicode():
+  text = "def f(x):\n    return 'héllo wörld ✓'\n"
+  ids = TOKENIZER.encode(text)
+  assert ids.dtype == np.int32 and len(ids) == len(text.encode("utf-8"))
+  assert TOKENIZER.decode(ids) == text
+
+
+def test_byte_tokenizer_names_special_ids_and_replaces_bad_bytes():
+  ids = np.concatenate([TOKENIZER.encode(b"a\xff"), [TOKENIZER.eos_id],
+                        TOKENIZER.encode("b"), [TOKENIZER.mask_id]])
+  assert TOKENIZER.decode(ids) == "a\ufffd<|eos|>b<|mask|>"
+  assert TOKENIZER.mask_id == TOKENIZER.vocab_size  # Never predicted.
+
+
+def test_tokenizer_json_round_trip_and_unknown_kind():
+  assert isinstance(tokenizers.from_json(TOKENIZER.to_json()), tokenizers.ByteTokenizer)
+  with pytest.raises(errors.UserError, match="'bpe'"):
+    tokenizers.from_json({"kind": "bpe"})
+
+
+def test_splits_are_a_stable_hash_partition_near_90_5_5():
+  paths = [f"pkg{i % 37}/module_{i}.py" for i in range(4000)]
+  splits = corpora.assign_splits(paths)
+  assert sorted(sum(splits.values(), [])) == sorted(paths)
+  fractions = {k: len(v) / len(paths) for k, v in splits.items()}
+  assert fractions["train"] == pytest.approx(0.90, abs=0.02)
+  assert fractions["validation"] == pytest.approx(0.05, abs=0.015)
+  assert fractions["test"] == pytest.approx(0.05, abs=0.015)
+  # Independent of order, and a new file moves no other.
+  assert corpora.assign_splits(paths[::-1]) == splits
+  grown = corpora.assign_splits(paths + ["new/file.py"])
+  for split, members in splits.items():
+    assert set(members) <= set(grown[split])
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 12])
+def test_small_corpora_hold_out_validation_and_test(n):
+  splits = corpora.assign_splits([f"doc_{i}.txt" for i in range(n)])
+  assert all(splits[s] for s in corpora.SPLITS)
+  assert sum(len(v) for v in splits.values()) == n
+
+
+def test_glob_errors_name_the_glob(tmp_path):
+  pattern = str(tmp_path / "*.md")
+  with pytest.raises(errors.UserError, match=r"data.files=.*\*\.md.* matches no files"):
+    corpora.glob_files(pattern)
+  for i in range(2):
+    (tmp_path / f"{i}.md").write_text("x")
+  with pytest.raises(errors.UserError, match="matches 2 file"):
+    corpora.glob_files(pattern)
+
+
+def test_stdlib_corpus_is_the_standard_library_without_site_packages():
+  files = corpora.stdlib_files()
+  assert len(files) > 500
+  assert all(f.endswith(".py") and "site-packages" not in f for f in files)
+  assert "os.py" in files and "json/__init__.py" in files
+
+
+def test_text_files_builder_partitions_the_documents(tiny_config, corpus_glob):
+  root, relpaths = corpora.glob_files(corpus_glob)
+  seen = {}
+  for split in corpora.SPLITS:
+    for example in pipeline.source(tiny_config.data, split):
+      seen[example["path"].decode()] = (split, example["text"])
+  assert sorted(seen) == sorted(relpaths)
+  for relpath, (_, text) in seen.items():
+    assert text == (root / relpath).read_bytes()
+  assert {split for split, _ in seen.values()} == set(corpora.SPLITS)
+
+
+def test_packed_split_covers_every_token_once(tiny_config):
+  packed = pipeline.pack_split(tiny_config, TOKENIZER, "train")
+  docs = list(pipeline.source(tiny_config.data, "train"))
+  expected = np.concatenate(
+      [np.append(TOKENIZER.encode(d["text"]), TOKENIZER.eos_id) for d in docs])
+  real = packed["weights"] > 0
+  assert packed["tokens"].shape[1] == tiny_config.data.seq_len
+  assert real.sum() == len(expected)
+  assert np.all(real[:-1])  # Only the final sequence is padded.
+  assert sorted(packed["tokens"][real].tolist()) == sorted(expected.tolist())
+
+
+def test_eval_batches_split_rows_between_processes(tiny_config):
+  packed = pipeline.pack_split(tiny_config, TOKENIZER, "train")
+  per_process = [list(pipeline.eval_batches(packed, 8, process_index=p,
+                                            process_count=2)) for p in range(2)]
+  assert len(per_process[0]) == len(per_process[1]) == -(-len(packed["tokens"]) // 8)
+  rows = [np.concatenate([b0["tokens"], b1["tokens"]])
+          for b0, b1 in zip(*per_process)]
+  weights = [np.concatenate([b0["weights"], b1["weights"]])
+             for b0, b1 in zip(*per_process)]
+  all_rows = np.concatenate(rows)
+  assert np.all(all_rows[:len(packed["tokens"])] == packed["tokens"])
+  assert np.concatenate(weights)[len(packed["tokens"]):].sum() == 0
+
+
+def first_batches(iterator, n):
+  return [next(iterator)["tokens"].copy() for _ in range(n)]
+
+
+def test_train_stream_is_deterministic_and_resumes_from_its_state(tiny_config):
+  dataset = pipeline.train_dataset(tiny_config, TOKENIZER)
+  a = iter(dataset)
+  head = first_batches(a, 3)
+  state = a.get_state()
+  tail = first_batches(a, 5)
+  assert head[0].shape == (tiny_config.train.batch_size, tiny_config.data.seq_len)
+  np.testing.assert_array_equal(first_batches(iter(dataset), 3), head)
+  b = iter(dataset)
+  b.set_state(state)
+  np.testing.assert_array_equal(first_batches(b, 5), tail)
+  tiny_config.train.seed = 1
+  other = first_batches(iter(pipeline.train_dataset(tiny_config, TOKENIZER)), 3)
+  assert not np.array_equal(other, head)
+
+
+def test_train_stream_shards_documents_by_process(tiny_config):
+  streams = [iter(pipeline.train_dataset(tiny_config, TOKENIZER, process_index=p,
+                                         process_count=2)) for p in range(2)]
+  batches = [next(s)["tokens"] for s in streams]
+  assert batches[0].shape[0] == tiny_config.train.batch_size // 2
+  assert not np.array_equal(batches[0], batches[1])
+  with pytest.raises(errors.UserError, match="train.batch_size=8 .* 3 processes"):
+    pipeline.train_dataset(tiny_config, TOKENIZER, process_index=0, process_count=3)

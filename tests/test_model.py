@@ -1,0 +1,81 @@
+"""The transformer: shapes, attention direction, time input, axis metadata."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from diffusion_lm import models
+from diffusion_lm.models.transformer import Transformer, TransformerConfig
+
+CFG = TransformerConfig(vocab_size=11, num_layers=2, num_heads=2, head_dim=8,
+                        embed_dim=16, mlp_dim=32)
+
+
+def randomised(cfg, seed=0):
+  """A model whose parameters are all random (the head starts at zero)."""
+  graphdef, _ = models.abstract_model(cfg)
+  params = models.init_params(cfg, jax.random.PRNGKey(seed))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return nnx.merge(graphdef, tree.unflatten(
+      [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+
+
+TOKENS = jnp.array([[1, 2, 3, 4, 5, 11]], jnp.int32)  # 11 = [MASK]
+
+
+def test_logits_cover_the_vocabulary_but_not_mask():
+  logits = randomised(CFG)(TOKENS)
+  assert logits.shape == (1, 6, CFG.vocab_size) and logits.dtype == jnp.float32
+
+
+def test_fresh_model_predicts_uniformly():
+  model = Transformer(CFG, nnx.Rngs(0))
+  np.testing.assert_allclose(model(TOKENS), 0.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_direction(causal):
+  model = randomised(TransformerConfig(**{**CFG.__dict__, "causal": causal}))
+  changed = TOKENS.at[0, -1].set(7)
+  before = np.asarray(model(TOKENS))[0, :-1]
+  after = np.asarray(model(changed))[0, :-1]
+  # Earlier positions see the last token only without the causal mask.
+  assert np.allclose(before, after) == causal
+
+
+def test_time_conditioning_reads_the_mask_rate():
+  model = randomised(TransformerConfig(**{**CFG.__dict__, "time_conditioning": True}))
+  a = model(TOKENS, jnp.array([0.1]))
+  b = model(TOKENS, jnp.array([0.9]))
+  assert not np.allclose(a, b)
+  with pytest.raises(ValueError, match="masking rate"):
+    model(TOKENS)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  model = randomised(CFG)
+  graphdef, params = nnx.split(model)
+  bf16_graphdef, _ = models.abstract_model(
+      TransformerConfig(**{**CFG.__dict__, "dtype": "bfloat16"}))
+  low = nnx.merge(bf16_graphdef, params)(TOKENS)
+  assert low.dtype == jnp.float32
+  np.testing.assert_allclose(low, model(TOKENS), atol=0.1)
+
+
+def test_every_parameter_names_its_axes():
+  _, state = models.abstract_model(CFG)
+  for path, variable in nnx.to_flat_state(state):
+    axes = variable.get_metadata()["logical_axes"]
+    assert len(axes) == len(variable.shape), path
+
+
+def test_flops_per_token_match_the_parameter_count():
+  from diffusion_lm import metrics  # pylint: disable=g-import-not-at-top
+  params = models.init_params(CFG, jax.random.PRNGKey(0))
+  matmul = models.count_params(params) - params["embed"].size - sum(
+      x.size for x in jax.tree.leaves(params) if x.ndim == 1)
+  attention = 3 * CFG.num_layers * 4 * 32 * CFG.num_heads * CFG.head_dim
+  assert metrics.train_flops_per_token(CFG, 32) == 6 * matmul + attention
