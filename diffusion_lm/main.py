@@ -29,12 +29,27 @@ _MULTIHOST = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a bad --config.* override as one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:  # ml_collections: no such field.
+    message = e
+    while isinstance(message, BaseException) and message.args:
+      message = message.args[0]  # The KeyError inside the AttributeError.
+    field, _, hint = str(message).partition("\n")
+    sys.exit(f"error: unknown config field {field.strip(chr(39))!r} in the "
+             f"--config overrides. {hint}".rstrip())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MULTIHOST.value:
     parallel.initialize_multihost()
-  logging.set_verbosity(logging.INFO)
+  parallel.quiet_library_logs()
   # Imported here so that --help stays fast.
   from diffusion_lm import evaluation, train  # pylint: disable=g-import-not-at-top
   try:
@@ -49,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

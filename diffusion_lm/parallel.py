@@ -7,10 +7,13 @@ name their dimensions logically (`embed`, `mlp`, `vocab`, ...); the rules in
 axis does not divide evenly stays replicated.
 """
 
+import logging as std_logging
+import os
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -18,6 +21,21 @@ from diffusion_lm import errors
 
 MESH_AXES = ("data", "fsdp")
 BATCH = ("data", "fsdp")  # The batch dimension is split over every device.
+
+
+def quiet_library_logs() -> None:
+  """INFO lines from diffusion_lm only; other libraries (orbax, TFDS, grain)
+  keep their warnings and errors."""
+
+  def keep(record) -> bool:
+    if f"{os.sep}diffusion_lm{os.sep}" in record.pathname:
+      return True
+    # TFDS warns whenever a builder is given its config object, as ours are.
+    return (record.levelno >= std_logging.WARNING and
+            not record.getMessage().startswith("Using custom data configuration"))
+
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().python_handler.addFilter(keep)
 
 
 def initialize_multihost() -> None:

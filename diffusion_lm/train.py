@@ -173,7 +173,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   lr_at = learning_rate_schedule(config.train)
 
   def save(step):
-    checkpoints.save(mngr, step, state, train_iter, config, tokenizer)
+    if mngr.latest_step() != step:
+      checkpoints.save(mngr, step, state, train_iter, config, tokenizer)
 
   # ------------------------------------------------------------------- Loop
   step = start_step
@@ -225,6 +226,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      result["bits_per_byte"])
         timer = (step, time.perf_counter())
       if step % config.train.checkpoint_every == 0 or last:
+        flush()  # Metrics up to a checkpoint are on disk before it.
         save(step)
     flush()
     mngr.wait_until_finished()

@@ -1,0 +1,182 @@
+"""End to end through the command lines: train, resume, preempt, evaluate,
+sample; and bad input, which must fail with one clear line and write nothing.
+
+The reference run trains the tiny config once (session fixture); the kill and
+SIGTERM tests interrupt the same command and restart it, and must end with
+exactly the reference run's parameters and final loss.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, config_flags, run_module
+
+from diffusion_lm import api, metrics
+
+STEPS = 40
+OVERRIDES = dict(**{"train.steps": STEPS, "train.checkpoint_every": 5,
+                    "train.eval_every": 20, "train.log_every": 5,
+                    "data.seq_len": 64, "train.batch_size": 16})
+
+
+def train_flags(corpus_glob, data_dir, workdir):
+  return config_flags(corpus_glob, data_dir, **OVERRIDES) + [f"--workdir={workdir}"]
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, corpus_glob, data_dir):
+  """An uninterrupted run: (workdir, its stdout + stderr)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  result = run_module("diffusion_lm.main", *train_flags(corpus_glob, data_dir, workdir))
+  return str(workdir), result.stdout + result.stderr
+
+
+def final_loss(workdir):
+  records = metrics.read_jsonl(workdir)
+  return [r["train/loss"] for r in records if r["step"] == STEPS and "train/loss" in r]
+
+
+def assert_same_run(workdir, reference_dir):
+  assert final_loss(workdir) == final_loss(reference_dir)
+  steps = [r["step"] for r in metrics.read_jsonl(workdir) if "train/loss" in r]
+  assert steps == list(range(5, STEPS + 1, 5))  # No step logged twice.
+  ours, theirs = api.load(workdir), api.load(reference_dir)
+  assert ours.step == theirs.step == STEPS
+  for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(theirs.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_training_writes_metrics_checkpoints_and_samples(reference):
+  workdir, log = reference
+  records = metrics.read_jsonl(workdir)
+  losses = [r["train/loss"] for r in records if "train/loss" in r]
+  assert np.mean(losses[-3:]) < losses[0] - 0.5  # Training lowers the loss.
+  final = [r for r in records if "eval/bits_per_byte" in r]
+  assert len(final) == 1 and final[0]["step"] == STEPS
+  assert final[0]["eval/bits_per_byte"] < 8.0  # Better than uniform over bytes.
+  assert final[0]["eval/perplexity"] == pytest.approx(
+      2 ** final[0]["eval/bits_per_token"])
+  assert all(r["train/tokens_per_s"] > 0 for r in records if "train/loss" in r)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert "sample 0:" in log and f"step {STEPS}/{STEPS}" in log
+  assert "orbax" not in log  # Library INFO lines are filtered out.
+
+
+def start(corpus_glob, data_dir, workdir):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.Popen(
+      [sys.executable, "-m", "diffusion_lm.main",
+       *train_flags(corpus_glob, data_dir, workdir)],
+      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=300):
+  path = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.01)
+
+
+def completed_steps(workdir):
+  ckpt = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(
+    reference, corpus_glob, data_dir, tmp_path):
+  proc = start(corpus_glob, data_dir, tmp_path)
+  wait_for_checkpoint(tmp_path, 5, proc)
+  proc.kill()
+  proc.wait()
+  assert completed_steps(tmp_path)[-1] < STEPS  # Killed mid-run.
+  run_module("diffusion_lm.main", *train_flags(corpus_glob, data_dir, tmp_path))
+  assert_same_run(str(tmp_path), reference[0])
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes_exactly(
+    reference, corpus_glob, data_dir, tmp_path):
+  proc = start(corpus_glob, data_dir, tmp_path)
+  wait_for_checkpoint(tmp_path, 5, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 143, stderr[-3000:]
+  stopped_at = completed_steps(tmp_path)[-1]
+  assert 5 <= stopped_at < STEPS
+  assert f"Preempted: saving the checkpoint at step {stopped_at}" in stderr
+  run_module("diffusion_lm.main", *train_flags(corpus_glob, data_dir, tmp_path))
+  assert_same_run(str(tmp_path), reference[0])
+
+
+def test_eval_mode_writes_the_bounds(reference, corpus_glob, data_dir):
+  workdir, _ = reference
+  run_module("diffusion_lm.main", *config_flags(
+      corpus_glob, data_dir, **{"eval.num_t_samples": 2}), f"--workdir={workdir}",
+             "--mode=eval")
+  with open(os.path.join(workdir, "eval_test.json")) as f:
+    result = json.load(f)
+  assert result["step"] == STEPS and result["split"] == "test"
+  final = [r for r in metrics.read_jsonl(workdir) if "eval/bits_per_byte" in r]
+  # A different number of time samples: the same bound up to Monte Carlo noise.
+  assert result["bits_per_byte"] == pytest.approx(final[0]["eval/bits_per_byte"], rel=0.1)
+
+
+def test_sample_cli_prints_and_writes_jsonl(reference, tmp_path):
+  workdir, _ = reference
+  output = tmp_path / "samples.jsonl"
+  result = run_module("diffusion_lm.sample", f"--workdir={workdir}",
+                      "--num_samples=3", "--length=24", "--steps=6",
+                      "--prompt=def ", "--sampler=confidence", f"--output={output}")
+  lines = [json.loads(line) for line in output.read_text().splitlines()]
+  assert len(lines) == 3
+  assert all(line["text"].startswith("def ") and line["step"] == STEPS for line in lines)
+  assert result.stdout.count("--- sample") == 3
+
+
+def assert_one_clear_error(result, *fragments):
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  for fragment in fragments:
+    assert fragment in result.stderr, result.stderr[-2000:]
+
+
+def test_unknown_config_field_is_named(corpus_glob, data_dir, tmp_path):
+  result = run_module("diffusion_lm.main", *config_flags(corpus_glob, data_dir),
+                      "--config.train.stpes=3", f"--workdir={tmp_path / 'w'}",
+                      check=False)
+  assert_one_clear_error(result, "stpes")
+  assert not (tmp_path / "w").exists()
+
+
+def test_empty_glob_is_named(data_dir, tmp_path):
+  pattern = str(tmp_path / "nothing" / "*.txt")
+  result = run_module("diffusion_lm.main", *config_flags(pattern, data_dir),
+                      f"--workdir={tmp_path / 'w'}", check=False)
+  assert_one_clear_error(result, f"data.files={pattern!r} matches no files")
+  assert not (tmp_path / "w").exists()
+
+
+def test_sampling_needs_an_existing_workdir(tmp_path):
+  result = run_module("diffusion_lm.sample", f"--workdir={tmp_path / 'nope'}",
+                      check=False)
+  assert_one_clear_error(result, "--workdir=", "does not exist")
+  result = run_module("diffusion_lm.sample", f"--workdir={tmp_path}", check=False)
+  assert_one_clear_error(result, "no checkpoint in")
+
+
+def test_prompt_longer_than_the_sample_is_refused(reference, tmp_path):
+  output = tmp_path / "samples.jsonl"
+  result = run_module("diffusion_lm.sample", f"--workdir={reference[0]}",
+                      "--length=8", "--prompt=" + "x" * 8, f"--output={output}",
+                      check=False)
+  assert_one_clear_error(result, "the prompt is 8 tokens but the sample length is 8")
+  assert not output.exists() and not (tmp_path / "samples.jsonl.tmp").exists()
