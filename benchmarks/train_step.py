@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 
 from diffusion_lm import config_base, models, parallel, train
-from diffusion_lm.diffusion import schedules
 
 
 class _Vocab:
@@ -51,17 +50,9 @@ def main():
   config.train.batch_size = args.batch
   mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
                             devices=jax.devices()[:1])
-  vocab = _Vocab(args.vocab)
-  model_cfg = models.model_config(config, vocab)
-  graphdef, abstract_model = models.abstract_model(model_cfg)
-  param_shardings = parallel.state_shardings(abstract_model, config.mesh.rules, mesh)
-  optimizer = train.make_optimizer(config.train)
-  init_fn = lambda: train.init_state(model_cfg, optimizer, config.train)
-  shardings = train.state_shardings(jax.eval_shape(init_fn), param_shardings,
-                                    optimizer, mesh)
-  state = jax.jit(init_fn, out_shardings=shardings)()
-  step_fn = train.make_train_step(graphdef, optimizer, schedules.Linear(),
-                                  vocab.mask_id, 0.0, shardings, mesh)
+  training = train.build(config, _Vocab(args.vocab), mesh)
+  state = training.init()
+  step_fn = training.step
   rng = np.random.default_rng(0)
   batch = parallel.global_batch({
       "tokens": rng.integers(0, args.vocab, (args.batch, args.seq), np.int32),

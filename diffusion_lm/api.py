@@ -126,9 +126,7 @@ def load(workdir: str, step: int | None = None, mesh=None) -> DiffusionLM:
   if mesh is None:
     mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1}))
   shardings = parallel.state_shardings(abstract_state, config.mesh.rules, mesh)
-  target = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nnx.to_pure_dict(abstract_state), shardings)
+  target = parallel.with_shardings(nnx.to_pure_dict(abstract_state), shardings)
   params = checkpoints.restore_params(mngr, step, target,
                                       use_ema=config.train.ema_decay > 0)
   return DiffusionLM(graphdef, params, config, tokenizer, step=step)

@@ -43,21 +43,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator,
       **items))
 
 
-def _abstract(tree):
-  """ShapeDtypeStructs (with shardings) of a pytree of arrays or structs."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
-def restore_train_state(mngr: ocp.CheckpointManager, step: int,
-                        abstract_state: dict, data_iterator) -> dict:
-  """The train state at `step`, placed as `abstract_state` says; moves the
-  data iterator to where it was."""
-  items = {name: ocp.args.StandardRestore(_abstract(value))
-           for name, value in abstract_state.items()}
+def restore_train_state(mngr: ocp.CheckpointManager, step: int, target: dict,
+                        data_iterator) -> dict:
+  """The train state at `step`, placed as `target` (ShapeDtypeStructs with
+  shardings) says; moves the data iterator to where it was."""
+  items = {name: ocp.args.StandardRestore(value)
+           for name, value in target.items()}
   restored = mngr.restore(step, args=ocp.args.Composite(
       data=grain.checkpoint.CheckpointRestore(data_iterator), **items))
-  return {name: restored[name] for name in abstract_state}
+  return {name: restored[name] for name in target}
 
 
 def restore_metadata(mngr: ocp.CheckpointManager, step: int):
@@ -68,12 +62,12 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int):
   return config, tokenizers.from_json(restored["tokenizer"])
 
 
-def restore_params(mngr: ocp.CheckpointManager, step: int,
-                   abstract_params: dict, use_ema: bool) -> dict:
+def restore_params(mngr: ocp.CheckpointManager, step: int, target: dict,
+                   use_ema: bool) -> dict:
   """The parameters to evaluate or sample with: EMA when on, else raw."""
   name = "ema" if use_ema else "params"
   restored = mngr.restore(step, args=ocp.args.Composite(
-      **{name: ocp.args.StandardRestore(_abstract(abstract_params))}))
+      **{name: ocp.args.StandardRestore(target)}))
   return restored[name]
 
 

@@ -91,6 +91,13 @@ def state_shardings(abstract_state: nnx.State, rules, mesh):
   return nnx.to_pure_dict(shardings)
 
 
+def with_shardings(abstract_tree, shardings):
+  """ShapeDtypeStructs that also say where each array goes (restore targets)."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_tree, shardings)
+
+
 def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH))
 

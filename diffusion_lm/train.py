@@ -5,10 +5,12 @@ Resumes from the latest checkpoint in the workdir when there is one. SIGTERM
 Metrics are fetched one step behind so that dispatch stays asynchronous.
 """
 
+import dataclasses
 import functools
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -120,14 +122,19 @@ class _StopOnSigterm:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains, evaluates and checkpoints; returns the final metrics.
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """The compiled pieces of a run, fixed by the config and the mesh."""
 
-  The result has `preempted=True` when SIGTERM stopped the run early.
-  """
-  # ------------------------------------------------------------------ Setup
-  tokenizer = tokenizers.from_config(config.data)
-  mesh = parallel.make_mesh(config.mesh)
+  model_cfg: models.TransformerConfig
+  graphdef: nnx.GraphDef
+  param_shardings: dict
+  state_target: dict  # ShapeDtypeStructs of the train state, with shardings.
+  init: Callable[[], dict]  # A fresh train state, placed on the mesh.
+  step: Callable[[dict, dict], tuple[dict, dict]]
+
+
+def build(config, tokenizer, mesh) -> Training:
   model_cfg = models.model_config(config, tokenizer)
   graphdef, abstract_model_state = models.abstract_model(model_cfg)
   param_shardings = parallel.state_shardings(abstract_model_state,
@@ -136,11 +143,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_fn = functools.partial(init_state, model_cfg, optimizer, config.train)
   abstract_state = jax.eval_shape(init_fn)
   shardings = state_shardings(abstract_state, param_shardings, optimizer, mesh)
-  train_step = make_train_step(
-      graphdef, optimizer, schedules.from_config(config.diffusion),
-      tokenizer.mask_id, config.train.ema_decay, shardings, mesh)
+  return Training(
+      model_cfg=model_cfg,
+      graphdef=graphdef,
+      param_shardings=param_shardings,
+      state_target=parallel.with_shardings(abstract_state, shardings),
+      init=jax.jit(init_fn, out_shardings=shardings),
+      step=make_train_step(graphdef, optimizer,
+                           schedules.from_config(config.diffusion),
+                           tokenizer.mask_id, config.train.ema_decay,
+                           shardings, mesh))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains, evaluates and checkpoints; returns the final metrics.
+
+  The result has `preempted=True` when SIGTERM stopped the run early.
+  """
+  # ------------------------------------------------------------------ Setup
+  tokenizer = tokenizers.from_config(config.data)
+  mesh = parallel.make_mesh(config.mesh)
+  training = build(config, tokenizer, mesh)
   eval_params = "ema" if config.train.ema_decay > 0 else "params"
-  eval_step = evaluation.make_eval_step(graphdef, param_shardings, mesh,
+  eval_step = evaluation.make_eval_step(training.graphdef,
+                                        training.param_shardings, mesh,
                                         tokenizer.mask_id,
                                         config.eval.num_t_samples)
 
@@ -155,16 +181,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from the checkpoint at step %d.", start_step)
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_state, shardings)
-    state = checkpoints.restore_train_state(mngr, start_step, target, train_iter)
+    state = checkpoints.restore_train_state(mngr, start_step,
+                                            training.state_target, train_iter)
   else:
-    state = jax.jit(init_fn, out_shardings=shardings)()
+    state = training.init()
   num_params = models.count_params(state["params"])
   tokens_per_step = config.train.batch_size * config.data.seq_len
   flops_per_step = tokens_per_step * metrics.train_flops_per_token(
-      model_cfg, config.data.seq_len)
+      training.model_cfg, config.data.seq_len)
   peak = metrics.peak_flops_per_device(jax.devices()[0])
   writer = metrics.MetricWriter(workdir, resume_step=start_step,
                                 enabled=jax.process_index() == 0)
@@ -211,7 +235,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.close()
         return {"preempted": True, "step": step}
       batch = parallel.global_batch(next(train_iter), mesh)
-      state, step_metrics = train_step(state, batch)
+      state, step_metrics = training.step(state, batch)
       step += 1
       flush()
       last = step == config.train.steps
@@ -240,7 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                config.eval.split, result["bits_per_byte"],
                result["bits_per_token"], result["perplexity"])
 
-  lm = api.DiffusionLM(graphdef, state[eval_params], config, tokenizer)
+  lm = api.DiffusionLM(training.graphdef, state[eval_params], config, tokenizer)
   for i, text in enumerate(lm.sample()):
     logging.info("sample %d:\n%s", i, text)
   return {"step": step, "preempted": False, **result}

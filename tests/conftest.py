@@ -66,3 +66,22 @@ def run_module(module: str, *args, check: bool = True, **kwargs):
   if check and result.returncode != 0:
     raise AssertionError(f"{module} {args} failed:\n{result.stderr[-4000:]}")
   return result
+
+
+STEPS = 40  # Of the reference run, which the resume tests reproduce.
+TRAIN_OVERRIDES = {"train.steps": STEPS, "train.checkpoint_every": 5,
+                   "train.eval_every": 20, "train.log_every": 5,
+                   "data.seq_len": 64, "train.batch_size": 16}
+
+
+def train_flags(corpus_glob, data_dir, workdir) -> list[str]:
+  return config_flags(corpus_glob, data_dir, **TRAIN_OVERRIDES) + [
+      f"--workdir={workdir}"]
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, corpus_glob, data_dir):
+  """An uninterrupted training run: (workdir, its stdout + stderr)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  result = run_module("diffusion_lm.main", *train_flags(corpus_glob, data_dir, workdir))
+  return str(workdir), result.stdout + result.stderr

@@ -1,9 +1,9 @@
 """End to end through the command lines: train, resume, preempt, evaluate,
 sample; and bad input, which must fail with one clear line and write nothing.
 
-The reference run trains the tiny config once (session fixture); the kill and
-SIGTERM tests interrupt the same command and restart it, and must end with
-exactly the reference run's parameters and final loss.
+The reference run (conftest) trains the tiny config once; the kill and SIGTERM
+tests interrupt the same command and restart it, and must end with exactly
+the reference run's parameters and final loss.
 """
 
 import json
@@ -17,26 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, config_flags, run_module
+from conftest import REPO, STEPS, config_flags, run_module, train_flags
 
 from diffusion_lm import api, metrics
-
-STEPS = 40
-OVERRIDES = dict(**{"train.steps": STEPS, "train.checkpoint_every": 5,
-                    "train.eval_every": 20, "train.log_every": 5,
-                    "data.seq_len": 64, "train.batch_size": 16})
-
-
-def train_flags(corpus_glob, data_dir, workdir):
-  return config_flags(corpus_glob, data_dir, **OVERRIDES) + [f"--workdir={workdir}"]
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, corpus_glob, data_dir):
-  """An uninterrupted run: (workdir, its stdout + stderr)."""
-  workdir = tmp_path_factory.mktemp("reference")
-  result = run_module("diffusion_lm.main", *train_flags(corpus_glob, data_dir, workdir))
-  return str(workdir), result.stdout + result.stderr
 
 
 def final_loss(workdir):

@@ -5,9 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_lm import checkpoints, errors, models, parallel, train
+from diffusion_lm import checkpoints, errors, parallel, train
 from diffusion_lm.data import pipeline, tokenizers
-from diffusion_lm.diffusion import schedules
 
 TOKENIZER = tokenizers.ByteTokenizer()
 
@@ -16,22 +15,6 @@ def mesh(data, fsdp):
   devices = jax.devices()[:data * fsdp]
   return parallel.make_mesh(ml_collections.ConfigDict({"data": data, "fsdp": fsdp}),
                             devices=devices)
-
-
-def setup(config, m):
-  """(state, train_step, shardings) for config on mesh m."""
-  model_cfg = models.model_config(config, TOKENIZER)
-  graphdef, abstract = models.abstract_model(model_cfg)
-  param_shardings = parallel.state_shardings(abstract, config.mesh.rules, m)
-  optimizer = train.make_optimizer(config.train)
-  init_fn = lambda: train.init_state(model_cfg, optimizer, config.train)
-  shardings = train.state_shardings(jax.eval_shape(init_fn), param_shardings,
-                                    optimizer, m)
-  state = jax.jit(init_fn, out_shardings=shardings)()
-  step = train.make_train_step(graphdef, optimizer, schedules.Linear(),
-                               TOKENIZER.mask_id, config.train.ema_decay,
-                               shardings, m)
-  return state, step, shardings
 
 
 def test_mesh_shapes_and_errors():
@@ -43,7 +26,7 @@ def test_mesh_shapes_and_errors():
 
 
 def test_params_are_sharded_by_the_rules(tiny_config):
-  state, _, _ = setup(tiny_config, mesh(4, 2))
+  state = train.build(tiny_config, TOKENIZER, mesh(4, 2)).init()
   qkv = state["params"]["blocks"][0]["attn"]["qkv"]
   assert qkv.sharding.spec[0] == "fsdp"  # embed -> fsdp
   assert qkv.addressable_shards[0].data.shape[0] == qkv.shape[0] // 2
@@ -56,10 +39,11 @@ def test_train_step_on_8_devices_matches_one_device(tiny_config):
   batch_np = next(iter(pipeline.train_dataset(tiny_config, TOKENIZER)))
   results = []
   for m in (mesh(1, 1), mesh(4, 2)):
-    state, step, _ = setup(tiny_config, m)
+    training = train.build(tiny_config, TOKENIZER, m)
+    state = training.init()
     losses = []
     for _ in range(3):
-      state, metrics = step(state, parallel.global_batch(batch_np, m))
+      state, metrics = training.step(state, parallel.global_batch(batch_np, m))
       losses.append(float(metrics["train/loss"]))
     results.append((losses, jax.device_get(state)))
   (loss_1, state_1), (loss_8, state_8) = results
@@ -71,24 +55,22 @@ def test_train_step_on_8_devices_matches_one_device(tiny_config):
 
 
 def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
-  state, step, _ = setup(tiny_config, mesh(8, 1))
+  training = train.build(tiny_config, TOKENIZER, mesh(8, 1))
   data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))
-  state, _ = step(state, parallel.global_batch(next(data), mesh(8, 1)))
+  state, _ = training.step(training.init(),
+                           parallel.global_batch(next(data), mesh(8, 1)))
   mngr = checkpoints.manager(str(tmp_path))
   checkpoints.save(mngr, 1, state, data, tiny_config, TOKENIZER)
   mngr.wait_until_finished()
   expected_next = next(data)["tokens"]
 
-  other = mesh(2, 4)
-  _, _, shardings = setup(tiny_config, other)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        state, shardings)
+  target = train.build(tiny_config, TOKENIZER, mesh(2, 4)).state_target
   fresh_data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))
   restored = checkpoints.restore_train_state(mngr, 1, target, fresh_data)
-  for a, b, s in zip(jax.tree.leaves(state), jax.tree.leaves(restored),
-                     jax.tree.leaves(shardings)):
+  for a, b, t in zip(jax.tree.leaves(state), jax.tree.leaves(restored),
+                     jax.tree.leaves(target)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert b.sharding == s
+    assert b.sharding == t.sharding
   np.testing.assert_array_equal(next(fresh_data)["tokens"], expected_next)
   config, tokenizer = checkpoints.restore_metadata(mngr, 1)
   assert config.model.embed_dim == tiny_config.model.embed_dim

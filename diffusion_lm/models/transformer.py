@@ -97,11 +97,11 @@ class Attention(nnx.Module):
   def __call__(self, x_BxLxD, cos, sin):
     b, l, _ = x_BxLxD.shape
     qkv_BxLx3xHxK = dense(x_BxLxD, self.qkv[...], x_BxLxD.dtype)
-    q = apply_rope(qkv_BxLx3xHxK[:, :, 0], cos, sin)
-    k = apply_rope(qkv_BxLx3xHxK[:, :, 1], cos, sin)
+    # split, not indexing: its gradient is one concatenation, not three pads.
+    q, k, v = (t[:, :, 0] for t in jnp.split(qkv_BxLx3xHxK, 3, axis=2))
     y_BxLxHxK = jax.nn.dot_product_attention(
-        q, k, qkv_BxLx3xHxK[:, :, 2], is_causal=self.cfg.causal,
-        implementation=self.cfg.attention_impl or None)
+        apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+        is_causal=self.cfg.causal, implementation=self.cfg.attention_impl or None)
     out = self.out[...]
     return dense(y_BxLxHxK.reshape(b, l, -1), out.reshape(-1, out.shape[-1]),
                  x_BxLxD.dtype)
