@@ -24,11 +24,20 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.data = dict(
-      corpus="stdlib",  # 'stdlib' | 'text_files'
+      # 'stdlib' | 'text_files' | 'markov' | 'text8' | 'lm1b' | 'openwebtext'
+      corpus="stdlib",
       files="",  # A glob, for corpus='text_files'.
       data_dir="",  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
-      tokenizer="byte",
+      tokenizer="byte",  # 'byte' | 'char' (text8's 27 symbols) | 'sentencepiece'
+      # sentencepiece: a .model file, absolute or relative to the corpus's
+      # prepared data directory (where diffusion_lm.data.train_tokenizer puts it).
+      tokenizer_model="",
       seq_len=128,
+      packing="wrap",  # 'wrap': concatenate with EOS and cut | 'pad': one document per row
+      segment_masking=False,  # wrap: packed documents do not attend to each other
+      # corpus='markov': a random order-k chain with a known entropy rate.
+      markov=dict(alphabet_size=8, order=2, concentration=0.3,
+                  num_documents=2000, document_length=256, seed=0),
   )
 
   c.diffusion = dict(
