@@ -62,6 +62,18 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int):
   return config, tokenizers.from_json(restored["tokenizer"])
 
 
+def check_tokenizer(mngr: ocp.CheckpointManager, step: int, tokenizer) -> None:
+  """Refuses to resume a checkpoint with a tokenizer other than its own."""
+  _, saved = restore_metadata(mngr, step)
+  if saved.to_json() != tokenizer.to_json():
+    raise errors.UserError(
+        f"the checkpoint at step {step} in {mngr.directory} was trained with "
+        f"tokenizer {saved.to_json()['kind']!r} (vocab_size {saved.vocab_size}) "
+        f"but data.tokenizer gives {tokenizer.to_json()['kind']!r} (vocab_size "
+        f"{tokenizer.vocab_size}); keep the checkpoint's tokenizer or start a "
+        "new --workdir")
+
+
 def restore_params(mngr: ocp.CheckpointManager, step: int, target: dict,
                    use_ema: bool) -> dict:
   """The parameters to evaluate or sample with: EMA when on, else raw."""

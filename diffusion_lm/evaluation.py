@@ -1,7 +1,9 @@
 """Evaluation: the NELBO bound over a split, as bits per token / byte and perplexity.
 
   bits_per_token = sum of per-sequence NELBOs / ln 2 / real tokens (EOS included)
-  bits_per_byte  = the same bits / UTF-8 bytes of the documents evaluated
+  bits_per_byte  = the same bits / UTF-8 bytes of text the evaluated tokens
+                   stand for (tokenizer.token_bytes; EOS counts 0): bits per
+                   character for text8, bytes the tokens cover for subwords
   perplexity     = 2 ** bits_per_token
 
 All are upper bounds (the NELBO bounds -log p). Per-batch sums come off the
@@ -33,9 +35,7 @@ def make_eval_step(graphdef, param_shardings, mesh, mask_id: int,
   batch_sharding = parallel.batch_sharding(mesh)
   return jax.jit(
       eval_step,
-      in_shardings=(param_shardings, {"tokens": batch_sharding,
-                                      "weights": batch_sharding},
-                    parallel.replicated(mesh)),
+      in_shardings=(param_shardings, batch_sharding, parallel.replicated(mesh)),
       out_shardings=parallel.replicated(mesh))
 
 
@@ -47,8 +47,7 @@ class EvalSplit:
     self.batch_size = config.eval.batch_size
     self.seed = config.eval.seed
     self.packed = pipeline.pack_split(config, tokenizer, split)
-    self.num_tokens = float(self.packed["weights"].sum())
-    self.num_bytes = pipeline.split_num_bytes(config.data, split)
+    self.token_bytes = tokenizer.token_bytes
 
   def evaluate(self, eval_step, params, mesh, max_batches: int = 0) -> dict:
     """Bounds over the split (or its first max_batches global batches)."""
@@ -64,8 +63,9 @@ class EvalSplit:
       sums.append(eval_step(params, batch, jax.random.fold_in(key, i)))
     nats, tokens = np.asarray(jax.device_get(sums), np.float64).sum(axis=0)
     bits = nats / math.log(2)
-    # A partial pass covers its share of the split's bytes.
-    num_bytes = self.num_bytes * tokens / self.num_tokens
+    rows = {k: v[:len(sums) * self.batch_size] for k, v in self.packed.items()}
+    num_bytes = np.sum(self.token_bytes[rows["tokens"]] * rows["weights"],
+                       dtype=np.float64)
     return {
         "bits_per_token": bits / tokens,
         "bits_per_byte": bits / num_bytes,

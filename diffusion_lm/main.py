@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_lm import errors, parallel
+from diffusion_lm import cli, errors, parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (see configs/).", lock_config=True)
@@ -27,21 +27,6 @@ _MODE = flags.DEFINE_enum(
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (TPU pods, clusters).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with a bad --config.* override as one clear line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
-  except (AttributeError, KeyError) as e:  # ml_collections: no such field.
-    message = e
-    while isinstance(message, BaseException) and message.args:
-      message = message.args[0]  # The KeyError inside the AttributeError.
-    field, _, hint = str(message).partition("\n")
-    sys.exit(f"error: unknown config field {field.strip(chr(39))!r} in the "
-             f"--config overrides. {hint}".rstrip())
 
 
 def main(argv):
@@ -64,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -33,10 +33,11 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay and global-norm clipping; no decay on
-  vectors (norm scales)."""
+  """AdamW with warmup + cosine decay and global-norm clipping (off when
+  grad_clip is 0); no decay on vectors (norm scales)."""
   return optax.chain(
-      optax.clip_by_global_norm(train_config.grad_clip),
+      optax.clip_by_global_norm(train_config.grad_clip)
+      if train_config.grad_clip > 0 else optax.identity(),
       optax.adamw(learning_rate_schedule(train_config), b1=train_config.b1,
                   b2=train_config.b2, weight_decay=train_config.weight_decay,
                   mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
@@ -98,8 +99,7 @@ def make_train_step(graphdef, optimizer, schedule, mask_id: int,
   batch_sharding = parallel.batch_sharding(mesh)
   return jax.jit(
       train_step,
-      in_shardings=(shardings, {"tokens": batch_sharding,
-                                "weights": batch_sharding}),
+      in_shardings=(shardings, batch_sharding),  # One sharding for every array.
       out_shardings=(shardings, parallel.replicated(mesh)),
       donate_argnums=0)
 
@@ -174,11 +174,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_iter = iter(pipeline.train_dataset(
       config, tokenizer, process_index=jax.process_index(),
       process_count=jax.process_count()))
+  mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
+  start_step = mngr.latest_step() or 0
+  if start_step:  # Before any text is encoded with a tokenizer it may refuse.
+    checkpoints.check_tokenizer(mngr, start_step, tokenizer)
   validation = evaluation.EvalSplit(config, tokenizer, "validation")
 
   # ---------------------------------------------------- Restore or initialise
-  mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
-  start_step = mngr.latest_step() or 0
   if start_step:
     logging.info("Resuming from the checkpoint at step %d.", start_step)
     state = checkpoints.restore_train_state(mngr, start_step,

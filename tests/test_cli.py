@@ -8,6 +8,7 @@ the reference run's parameters and final loss.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, STEPS, config_flags, run_module, train_flags
+from conftest import (REPO, STEPS, TRAIN_OVERRIDES, config_flags, run_module,
+                      train_flags)
 
 from diffusion_lm import api, metrics
 
@@ -163,3 +165,15 @@ def test_prompt_longer_than_the_sample_is_refused(reference, tmp_path):
                       check=False)
   assert_one_clear_error(result, "the prompt is 8 tokens but the sample length is 8")
   assert not output.exists() and not (tmp_path / "samples.jsonl.tmp").exists()
+
+
+def test_resuming_with_another_tokenizer_is_refused(reference, corpus_glob,
+                                                    data_dir, tmp_path):
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference[0], workdir)
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  result = run_module("diffusion_lm.main", *config_flags(
+      corpus_glob, data_dir, **{**TRAIN_OVERRIDES, "data.tokenizer": "char"}),
+                      f"--workdir={workdir}", check=False)
+  assert_one_clear_error(result, "'byte' (vocab_size 257)", "'char' (vocab_size 27)")
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before

@@ -11,26 +11,6 @@ from diffusion_lm.data import corpora, pipeline, tokenizers
 TOKENIZER = tokenizers.ByteTokenizer()
 
 
-def test_byte_tokenizer_round_trips_unicode():
-  text = "def f(x):\n    return 'héllo wörld ✓'\n"
-  ids = TOKENIZER.encode(text)
-  assert ids.dtype == np.int32 and len(ids) == len(text.encode("utf-8"))
-  assert TOKENIZER.decode(ids) == text
-
-
-def test_byte_tokenizer_names_special_ids_and_replaces_bad_bytes():
-  ids = np.concatenate([TOKENIZER.encode(b"a\xff"), [TOKENIZER.eos_id],
-                        TOKENIZER.encode("b"), [TOKENIZER.mask_id]])
-  assert TOKENIZER.decode(ids) == "a\ufffd<|eos|>b<|mask|>"
-  assert TOKENIZER.mask_id == TOKENIZER.vocab_size  # Never predicted.
-
-
-def test_tokenizer_json_round_trip_and_unknown_kind():
-  assert isinstance(tokenizers.from_json(TOKENIZER.to_json()), tokenizers.ByteTokenizer)
-  with pytest.raises(errors.UserError, match="'bpe'"):
-    tokenizers.from_json({"kind": "bpe"})
-
-
 def test_splits_are_a_stable_hash_partition_near_90_5_5():
   paths = [f"pkg{i % 37}/module_{i}.py" for i in range(4000)]
   splits = corpora.assign_splits(paths)

@@ -46,6 +46,19 @@ def test_attention_direction(causal):
   assert np.allclose(before, after) == causal
 
 
+def test_segment_ids_make_a_packed_row_equal_its_documents_alone():
+  """With segment masking (and RoPE's relative positions) each document of a
+  packed row gets the logits it gets on its own; without, it does not."""
+  model = randomised(CFG)
+  docs = [jnp.array([[3, 11, 5, 0, 11]]), jnp.array([[7, 7, 11, 2, 9, 1, 11]])]
+  packed = jnp.concatenate(docs, axis=1)
+  segments = jnp.array([[1] * 5 + [2] * 7])
+  together = np.asarray(model(packed, None, segments))
+  alone = np.concatenate([np.asarray(model(d)) for d in docs], axis=1)
+  np.testing.assert_allclose(together, alone, atol=1e-5)
+  assert not np.allclose(np.asarray(model(packed)), alone, atol=1e-3)
+
+
 def test_time_conditioning_reads_the_mask_rate():
   model = randomised(TransformerConfig(**{**CFG.__dict__, "time_conditioning": True}))
   a = model(TOKENS, jnp.array([0.1]))

@@ -69,8 +69,8 @@ def monte_carlo(model, x, schedule, seed=0):
   t_key, m_key = jax.random.split(jax.random.PRNGKey(seed))
   t = objective.stratified_times(t_key, N_MC)
   tokens = jnp.broadcast_to(x, (N_MC, L))
-  est = objective.sequence_nelbo(model, tokens, jnp.ones((N_MC, L)), t, m_key,
-                                 schedule, MASK)
+  batch = {"tokens": tokens, "weights": jnp.ones((N_MC, L))}
+  est = objective.sequence_nelbo(model, batch, t, m_key, schedule, MASK)
   est = np.asarray(est, np.float64)
   return est.mean(), est.std() / np.sqrt(N_MC)
 
@@ -124,3 +124,24 @@ def test_padding_adds_nothing(model):
   z, masked = objective.mask_tokens(key, tokens, weights, t, MASK)
   assert not np.any(np.asarray(masked)[:, 4:])
   assert np.all(np.asarray(z)[:, 4:] == 0)
+
+
+def test_packed_row_loss_is_the_sum_of_its_documents_losses(model):
+  """With segment ids, a row holding two documents and padding has the NELBO
+  of the documents evaluated one by one under the same t and mask."""
+  doc_a, doc_b = jnp.array([[0, 2, 1]]), jnp.array([[2, 2, 0, 1]])
+  tokens = jnp.concatenate([doc_a, doc_b, jnp.zeros((1, 2), jnp.int32)], axis=1)
+  segments = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0, 0]])
+  batch = {"tokens": tokens, "weights": (segments > 0).astype(jnp.float32),
+           "segment_ids": segments}
+  schedule, t, key = schedules.Linear(), jnp.array([0.6]), jax.random.PRNGKey(4)
+  packed = objective.sequence_nelbo(model, batch, t, key, schedule, MASK)
+  z, masked = objective.mask_tokens(key, tokens, batch["weights"],
+                                    schedule.mask_rate(t), MASK)
+  one_by_one = 0.0
+  for lo, hi in [(0, 3), (3, 7)]:
+    nll = objective.token_nll(model(z[:, lo:hi]), tokens[:, lo:hi])
+    one_by_one += float(jnp.sum(jnp.where(masked[:, lo:hi], nll, 0.0)))
+  assert masked[:, :3].any() and masked[:, 3:7].any()
+  assert float(packed[0]) == pytest.approx(
+      float(schedule.weight(t)[0]) * one_by_one, rel=1e-5)

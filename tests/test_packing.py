@@ -1,11 +1,16 @@
-"""Concatenate-then-split packing: order, segment ids, JSON-safe resume."""
+"""Packing: concatenate-then-split (order, segment ids, JSON-safe resume) and
+the pipeline's two modes, wrap and pad."""
 
 import json
 
 import grain
 import numpy as np
+import pytest
 
-from diffusion_lm.data import packing
+from diffusion_lm import errors
+from diffusion_lm.data import packing, pipeline, tokenizers
+
+TOKENIZER = tokenizers.ByteTokenizer()
 
 DOCS = [np.arange(n, dtype=np.int32) + 100 * n for n in (3, 9, 2, 5, 1)]
 
@@ -46,3 +51,41 @@ def test_state_survives_a_json_round_trip_at_every_position():
     assert len(rest) == len(full) - k
     for a, b in zip(rest, full[k:]):
       np.testing.assert_array_equal(a, b)
+
+
+def split_documents(config):
+  return [np.append(TOKENIZER.encode(ex["text"]), TOKENIZER.eos_id)
+          for ex in pipeline.source(config.data, "train")]
+
+
+def test_pad_mode_puts_one_truncated_or_padded_document_per_row(tiny_config):
+  docs = split_documents(tiny_config)
+  seq_len = int(np.median([len(d) for d in docs]))  # Some truncated, some padded.
+  tiny_config.data.update(packing="pad", seq_len=seq_len)
+  rows = pipeline.pack_split(tiny_config, TOKENIZER, "train")
+  assert len(rows["tokens"]) == len(docs)
+  for doc, tokens, weights, segments in zip(
+      docs, rows["tokens"], rows["weights"], rows["segment_ids"]):
+    n = min(len(doc), seq_len)
+    np.testing.assert_array_equal(tokens[:n], doc[:n])
+    np.testing.assert_array_equal(weights, np.arange(seq_len) < n)
+    np.testing.assert_array_equal(segments, weights)  # Padding is segment 0.
+
+
+def test_wrap_mode_carries_segment_ids_only_with_segment_masking(tiny_config):
+  plain = pipeline.pack_split(tiny_config, TOKENIZER, "train")
+  assert "segment_ids" not in plain
+  tiny_config.data.segment_masking = True
+  rows = pipeline.pack_split(tiny_config, TOKENIZER, "train")
+  np.testing.assert_array_equal(rows["tokens"], plain["tokens"])
+  # A new segment starts right after every EOS that is not a row's last token.
+  eos = rows["tokens"][:, :-1] == TOKENIZER.eos_id
+  steps = np.diff(rows["segment_ids"], axis=1)
+  real = rows["weights"][:, 1:] > 0
+  np.testing.assert_array_equal(steps[real] == 1, eos[real])
+
+
+def test_unknown_packing_is_one_clear_error(tiny_config):
+  tiny_config.data.packing = "pack"
+  with pytest.raises(errors.UserError, match="data.packing='pack'.*'wrap', 'pad'"):
+    pipeline.pack_split(tiny_config, TOKENIZER, "train")

@@ -1,10 +1,20 @@
-"""Documents -> packed, fixed-length token sequences, with grain.
+"""Documents -> fixed-length token sequences, with grain.
 
-Packing concatenates documents, each followed by EOS, and cuts the stream into
-`data.seq_len` tokens. Batches are dicts of numpy arrays:
+Every document is followed by EOS (when the tokenizer has one; text8's
+characters have none). `data.packing` decides how documents fill rows:
 
-  tokens   int32 [batch, seq_len]
-  weights  float32 [batch, seq_len]: 1 for real tokens, 0 for padding
+* `wrap`: documents are concatenated and the stream cut into `data.seq_len`
+  tokens (a document may continue in the next row);
+* `pad`: one document per row, truncated to `data.seq_len` or padded.
+
+Batches are dicts of numpy arrays:
+
+  tokens       int32 [batch, seq_len]
+  weights      float32 [batch, seq_len]: 1 for real tokens, 0 for padding
+  segment_ids  int32 [batch, seq_len], only when attention is segmented
+               (`pad`, or `wrap` with `data.segment_masking`): 1, 2, ... for
+               the documents of a row, 0 for padding; positions attend only
+               within their segment.
 
 Training reads an endless, shuffled stream: documents reshuffled every epoch
 and packed sequences shuffled again in a window. Each process reads its own
@@ -22,19 +32,48 @@ import numpy as np
 from diffusion_lm import errors
 from diffusion_lm.data import corpora, packing
 
-_SHUFFLE_WINDOW = 512  # packed sequences
+_SHUFFLE_WINDOW = 512  # rows
+PACKINGS = ("wrap", "pad")
 
 
 def _encoded(docs: grain.MapDataset, tokenizer) -> grain.MapDataset:
-  eos = np.array([tokenizer.eos_id], np.int32)
+  eos = np.array([] if tokenizer.eos_id is None else [tokenizer.eos_id], np.int32)
   return docs.map(
       lambda ex: {"tokens": np.concatenate([tokenizer.encode(ex["text"]), eos])})
 
 
-def _packed(docs: grain.MapDataset, seq_len: int) -> grain.IterDataset:
-  return packing.PackedIterDataset(docs.to_iter_dataset(), seq_len).map(
-      lambda ex: {"tokens": ex["tokens"],
-                  "weights": (ex["segment_ids"] > 0).astype(np.float32)})
+def _pad(doc: dict, seq_len: int) -> dict:
+  tokens = doc["tokens"][:seq_len]
+  pad = seq_len - len(tokens)
+  return {"tokens": np.pad(tokens, (0, pad)),
+          "segment_ids": np.pad(np.ones_like(tokens), (0, pad))}
+
+
+def segmented_attention(data_config) -> bool:
+  """Whether batches carry segment_ids that restrict attention."""
+  return data_config.packing == "pad" or data_config.segment_masking
+
+
+def _rows(docs: grain.MapDataset, data_config) -> grain.IterDataset:
+  """Encoded documents -> rows of data.seq_len tokens, by data.packing."""
+  if data_config.packing not in PACKINGS:
+    raise errors.UserError(
+        f"data.packing={data_config.packing!r} is not one of {list(PACKINGS)}")
+  seq_len = data_config.seq_len
+  if data_config.packing == "pad":
+    rows = docs.map(lambda doc: _pad(doc, seq_len)).to_iter_dataset()
+  else:
+    rows = packing.PackedIterDataset(docs.to_iter_dataset(), seq_len)
+  keep_segments = segmented_attention(data_config)
+
+  def finish(row):
+    out = {"tokens": row["tokens"],
+           "weights": (row["segment_ids"] > 0).astype(np.float32)}
+    if keep_segments:
+      out["segment_ids"] = row["segment_ids"]
+    return out
+
+  return rows.map(finish)
 
 
 def source(data_config, split: str):
@@ -60,19 +99,19 @@ def train_dataset(config, tokenizer, *, process_index: int = 0,
     raise errors.UserError(
         f"process {process_index} of {process_count} has no training documents")
   docs = docs.shuffle(seed=config.train.seed).repeat()
-  packed = _packed(_encoded(docs, tokenizer), config.data.seq_len)
-  packed = grain.experimental.WindowShuffleIterDataset(
-      packed, window_size=_SHUFFLE_WINDOW, seed=config.train.seed)
-  return packed.batch(batch, drop_remainder=True)
+  rows = _rows(_encoded(docs, tokenizer), config.data)
+  rows = grain.experimental.WindowShuffleIterDataset(
+      rows, window_size=_SHUFFLE_WINDOW, seed=config.train.seed)
+  return rows.batch(batch, drop_remainder=True)
 
 
 def pack_split(config, tokenizer, split: str) -> dict[str, np.ndarray]:
-  """A whole split packed in a fixed order: tokens and weights [N, seq_len]."""
+  """A whole split as rows in a fixed order: the batch arrays, [N, seq_len] each."""
   docs = grain.MapDataset.source(source(config.data, split))
-  seqs = list(_packed(_encoded(docs, tokenizer), config.data.seq_len))
-  if not seqs:
+  rows = list(_rows(_encoded(docs, tokenizer), config.data))
+  if not rows:
     raise errors.UserError(f"split {split!r} of data.corpus={config.data.corpus!r} is empty")
-  return {k: np.stack([s[k] for s in seqs]) for k in ("tokens", "weights")}
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def eval_batches(packed: dict[str, np.ndarray], global_batch: int, *,
@@ -92,8 +131,3 @@ def eval_batches(packed: dict[str, np.ndarray], global_batch: int, *,
     if pad:
       batch = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in batch.items()}
     yield batch
-
-
-def split_num_bytes(data_config, split: str) -> int:
-  """Bytes of text in a split: the denominator of bits per byte."""
-  return sum(len(ex["text"]) for ex in source(data_config, split))

@@ -37,13 +37,18 @@ def mask_tokens(key, tokens_BxL, weights_BxL, mask_rate_B, mask_id: int):
   return jnp.where(masked, mask_id, tokens_BxL), masked
 
 
-def sequence_nelbo(model, tokens_BxL, weights_BxL, t_B, key,
-                   schedule: schedules.Schedule, mask_id: int):
-  """One-sample NELBO estimate per sequence, in nats: shape [B]."""
+def sequence_nelbo(model, batch, t_B, key, schedule: schedules.Schedule,
+                   mask_id: int):
+  """One-sample NELBO estimate per row of the batch, in nats: shape [B].
+
+  (For rows packed with several documents and segment ids, the sum of the
+  documents' estimates at a shared t.)
+  """
+  tokens, weights = batch["tokens"], batch["weights"]
   mask_rate = schedule.mask_rate(t_B)
-  z, masked = mask_tokens(key, tokens_BxL, weights_BxL, mask_rate, mask_id)
-  nll = token_nll(model(z, mask_rate), tokens_BxL)
-  masked_nll = jnp.sum(jnp.where(masked, nll * weights_BxL, 0.0), axis=-1)
+  z, masked = mask_tokens(key, tokens, weights, mask_rate, mask_id)
+  nll = token_nll(model(z, mask_rate, batch.get("segment_ids")), tokens)
+  masked_nll = jnp.sum(jnp.where(masked, nll * weights, 0.0), axis=-1)
   return schedule.weight(t_B) * masked_nll
 
 
@@ -51,8 +56,7 @@ def train_loss(model, batch, key, schedule: schedules.Schedule, mask_id: int):
   """NELBO of the batch in nats per real token, with stratified times."""
   t_key, mask_key = jax.random.split(key)
   t = stratified_times(t_key, batch["tokens"].shape[0])
-  nelbo = sequence_nelbo(model, batch["tokens"], batch["weights"], t, mask_key,
-                         schedule, mask_id)
+  nelbo = sequence_nelbo(model, batch, t, mask_key, schedule, mask_id)
   return jnp.sum(nelbo) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
 
@@ -71,8 +75,7 @@ def eval_nelbo_sum(model, batch, key, mask_id: int, num_t_samples: int):
 
   def one_sample(total, inputs):
     t_B, k = inputs
-    nelbo = sequence_nelbo(model, batch["tokens"], batch["weights"], t_B, k,
-                           schedule, mask_id)
+    nelbo = sequence_nelbo(model, batch, t_B, k, schedule, mask_id)
     return total + jnp.sum(nelbo), None
 
   keys = jax.random.split(mask_key, num_t_samples)

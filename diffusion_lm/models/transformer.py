@@ -94,13 +94,13 @@ class Attention(nnx.Module):
     self.out = _param(rngs, (h, k, d), ("heads", "head_dim", "embed"),
                       (h * k)**-0.5 / math.sqrt(2 * cfg.num_layers))
 
-  def __call__(self, x_BxLxD, cos, sin):
+  def __call__(self, x_BxLxD, cos, sin, mask_Bx1xLxL=None):
     b, l, _ = x_BxLxD.shape
     qkv_BxLx3xHxK = dense(x_BxLxD, self.qkv[...], x_BxLxD.dtype)
     # split, not indexing: its gradient is one concatenation, not three pads.
     q, k, v = (t[:, :, 0] for t in jnp.split(qkv_BxLx3xHxK, 3, axis=2))
     y_BxLxHxK = jax.nn.dot_product_attention(
-        apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+        apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask=mask_Bx1xLxL,
         is_causal=self.cfg.causal, implementation=self.cfg.attention_impl or None)
     out = self.out[...]
     return dense(y_BxLxHxK.reshape(b, l, -1), out.reshape(-1, out.shape[-1]),
@@ -132,8 +132,8 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.embed_dim)
     self.mlp = GatedMLP(cfg, rngs)
 
-  def __call__(self, x, cos, sin):
-    x = x + self.attn(self.attn_norm(x), cos, sin)
+  def __call__(self, x, cos, sin, mask):
+    x = x + self.attn(self.attn_norm(x), cos, sin, mask)
     return x + self.mlp(self.mlp_norm(x))
 
 
@@ -158,8 +158,17 @@ class TimeEmbedding(nnx.Module):
     return (h @ self.out[...]).astype(dtype)
 
 
+def segment_mask(segment_ids_BxL):
+  """[B, 1, L, L]: True where query and key lie in the same segment."""
+  return (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
+
+
 class Transformer(nnx.Module):
-  """tokens [B, L] int (and masking rate [B]) -> logits [B, L, vocab_size] float32."""
+  """tokens [B, L] int -> logits [B, L, vocab_size] float32.
+
+  Optional: the masking rate [B] (read with time conditioning) and segment ids
+  [B, L] (positions attend only to keys of their own segment).
+  """
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -171,7 +180,7 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(cfg.embed_dim)
     self.head = _param(rngs, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), 0.0)
 
-  def __call__(self, tokens_BxL, mask_rate_B=None):
+  def __call__(self, tokens_BxL, mask_rate_B=None, segment_ids_BxL=None):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     x = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dtype)
@@ -180,7 +189,8 @@ class Transformer(nnx.Module):
         raise ValueError("model.time_conditioning=True needs the masking rate")
       x = x + self.time_embed(mask_rate_B, dtype)[:, None, :]
     cos, sin = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_base)
+    mask = None if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
     for block in self.blocks:
-      x = block(x, cos, sin)
+      x = block(x, cos, sin, mask)
     x = self.final_norm(x)
     return dense(x, self.head[...], dtype).astype(jnp.float32)

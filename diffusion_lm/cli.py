@@ -1,0 +1,20 @@
+"""What every command line shares: absl flag parsing with one-line errors."""
+
+import sys
+
+from absl import flags
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad --config.* override as one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:  # ml_collections: no such field.
+    message = e
+    while isinstance(message, BaseException) and message.args:
+      message = message.args[0]  # The KeyError inside the AttributeError.
+    field, _, hint = str(message).partition("\n")
+    sys.exit(f"error: unknown config field {field.strip(chr(39))!r} in the "
+             f"--config overrides. {hint}".rstrip())
