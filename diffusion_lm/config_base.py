@@ -35,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
       seq_len=128,
       packing="wrap",  # 'wrap': concatenate with EOS and cut | 'pad': one document per row
       segment_masking=False,  # wrap: packed documents do not attend to each other
+      # corpus='openwebtext': the last documents held out for validation (MDLM).
+      validation_documents=100_000,
       # corpus='markov': a random order-k chain with a known entropy rate.
       markov=dict(alphabet_size=8, order=2, concentration=0.3,
                   num_documents=2000, document_length=256, seed=0),
@@ -73,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.sample = dict(
-      num_samples=4,
+      num_samples=4,  # Printed at the end of training (0 = none).
       length=0,  # 0 = data.seq_len.
       steps=64,
       sampler="ancestral",  # 'ancestral' | 'confidence'

@@ -266,7 +266,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                config.eval.split, result["bits_per_byte"],
                result["bits_per_token"], result["perplexity"])
 
-  lm = api.DiffusionLM(training.graphdef, state[eval_params], config, tokenizer)
-  for i, text in enumerate(lm.sample()):
-    logging.info("sample %d:\n%s", i, text)
+  if config.sample.num_samples:
+    lm = api.DiffusionLM(training.graphdef, state[eval_params], config, tokenizer)
+    for i, text in enumerate(lm.sample()):
+      logging.info("sample %d:\n%s", i, text)
   return {"step": step, "preempted": False, **result}

@@ -1,23 +1,38 @@
 """Text corpora as TensorFlow Datasets builders (array_record; no TensorFlow).
 
-Every corpus is a set of documents (one file = one document) with features
-`text` (the raw bytes) and `path` (relative to the corpus root), split by a
-stable hash of the path into train / validation / test (about 90 / 5 / 5).
+Every corpus is a set of documents with features `text` (the raw bytes) and
+`path` (a stable identifier of the document), in the splits its builder's
+docstring gives. `CORPORA` maps `data.corpus` to its builder:
 
 * `stdlib`: the .py files of the standard library of the Python running this
   code (site-packages left out); one builder config per Python version.
 * `text_files`: the files matched by a glob (`data.files`); the config name is
   a hash of the glob and of the matched files' paths, sizes and mtimes, so an
   edited corpus is prepared afresh.
+* `markov` (markov.py): documents from a random Markov chain whose entropy is
+  known exactly.
+* `text8` (text8.py), `lm1b` (lm1b.py), `openwebtext` (openwebtext.py): the
+  public benchmarks, downloaded (or taken from a TFDS manual dir).
+
+stdlib and text_files hold one document per file, split by a stable hash of
+its path into train / validation / test (about 90 / 5 / 5). `builder`
+prepares stdlib, text_files and markov on first use; the downloads are
+prepared once with `python -m diffusion_lm.data.prepare` (`prepare`), and
+`builder` refuses them unprepared with the command that prepares them.
 """
 
+from collections.abc import Iterator
+import fnmatch
 import glob as glob_lib
 import hashlib
 import os
 import pathlib
 import platform
 import sysconfig
+import tarfile
+from typing import BinaryIO
 
+from etils import epath
 import tensorflow_datasets as tfds
 
 from diffusion_lm import errors
@@ -53,11 +68,23 @@ def assign_splits(relpaths: list[str]) -> dict[str, list[str]]:
   return splits
 
 
-class _DocumentBuilder(tfds.core.GeneratorBasedBuilder):
-  """Documents from a root directory and a list of relative paths."""
+class DocumentBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Documents with features `text` and `path` (a stable document identifier).
+
+  Subclasses may set DOWNLOADS (prepared by `python -m diffusion_lm.data.prepare`,
+  not on first use), ORDERED (each split keeps the order in which its
+  documents are generated, instead of TFDS's shuffle by key) and return
+  metadata. Our builders are made from their classes, never looked up by name,
+  so they stay out of TFDS's registry (where TFDS's own lm1b would clash).
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DOWNLOADS = False
+  ORDERED = False
+
+  def _metadata(self) -> tfds.core.MetadataDict | None:
+    return None
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -67,7 +94,55 @@ class _DocumentBuilder(tfds.core.GeneratorBasedBuilder):
             "text": tfds.features.Text(),
             "path": tfds.features.Text(),
         }),
+        disable_shuffling=self.ORDERED,
+        metadata=self._metadata(),
     )
+
+
+def manual_files(dl_manager, pattern: str, *,
+                 recursive: bool = False) -> list[epath.Path]:
+  """The files in the TFDS manual dir (or anywhere below it) whose names match
+  a glob, sorted; none when the manual dir is absent or empty."""
+  try:
+    manual_dir = dl_manager.manual_dir
+  except AssertionError:  # TFDS's way to say it does not exist or is empty.
+    return []
+  if not recursive:
+    return sorted(p for p in manual_dir.glob(pattern) if p.is_file())
+  return sorted(directory / name for directory, _, names in manual_dir.walk()
+                for name in names if fnmatch.fnmatchcase(name, pattern))
+
+
+def download(dl_manager, urls, files: str):
+  """`dl_manager.download(urls)`; a failure (no network, say) is a UserError
+  that asks for `files` in a --manual_dir instead."""
+  try:
+    return dl_manager.download(urls)
+  except (OSError, tfds.download.DownloadError) as e:
+    reason = " ".join(f"{type(e).__name__}: {e}".split())
+    raise errors.UserError(
+        f"cannot download {files} ({reason}); put {files} in a directory and "
+        "pass it as --manual_dir") from None
+
+
+def manual_or_download(dl_manager, url: str) -> epath.Path:
+  """The file named as `url` ends, from the manual dir, else downloaded."""
+  filename = url.rsplit("/", 1)[-1]
+  found = manual_files(dl_manager, filename)
+  return found[0] if found else download(dl_manager, url, filename)
+
+
+def tar_members(fileobj: BinaryIO) -> Iterator[tuple[str, BinaryIO]]:
+  """(name, file) for the regular files of a tar archive of any compression,
+  read as a stream in the archive's order (read each file as it comes)."""
+  with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+    for member in tar:
+      if member.isfile():
+        yield member.name, tar.extractfile(member)
+
+
+class _FilesBuilder(DocumentBuilder, skip_registration=True):
+  """Documents from a root directory and a list of relative paths."""
 
   def _root_and_files(self) -> tuple[pathlib.Path, list[str]]:
     raise NotImplementedError
@@ -94,7 +169,7 @@ def stdlib_files() -> list[str]:
       if "site-packages" not in p.relative_to(root).parts and p.is_file())
 
 
-class Stdlib(_DocumentBuilder):
+class Stdlib(_FilesBuilder, skip_registration=True):
   """The Python standard library's source files (about 30 MB, no download)."""
 
   BUILDER_CONFIGS = [
@@ -149,7 +224,7 @@ class TextFilesConfig(tfds.core.BuilderConfig):
     self.relpaths = relpaths
 
 
-class TextFiles(_DocumentBuilder):
+class TextFiles(_FilesBuilder, skip_registration=True):
   """Local text files matched by a glob; each file is one document."""
 
   def _root_and_files(self):
@@ -167,17 +242,81 @@ def _text_files_builder(data_config, **kwargs):
   return TextFiles(config=TextFilesConfig(pattern=data_config.files), **kwargs)
 
 
-CORPORA = {"stdlib": _stdlib_builder, "text_files": _text_files_builder}
+# The builder modules import this one, so they are imported when first used.
+def _markov_builder(data_config, **kwargs):
+  from diffusion_lm.data import markov  # pylint: disable=g-import-not-at-top
+  return markov.Markov(config=markov.MarkovConfig(data_config.markov), **kwargs)
 
 
-def builder(data_config) -> tfds.core.DatasetBuilder:
-  """The builder for `data.corpus`, prepared here on first use."""
+def _text8_builder(data_config, **kwargs):
+  del data_config
+  from diffusion_lm.data import text8  # pylint: disable=g-import-not-at-top
+  return text8.Text8(**kwargs)
+
+
+def _lm1b_builder(data_config, **kwargs):
+  del data_config
+  from diffusion_lm.data import lm1b  # pylint: disable=g-import-not-at-top
+  return lm1b.Lm1b(**kwargs)
+
+
+def _openwebtext_builder(data_config, **kwargs):
+  from diffusion_lm.data import openwebtext  # pylint: disable=g-import-not-at-top
+  return openwebtext.OpenWebText(config=openwebtext.OpenWebTextConfig(
+      data_config.validation_documents), **kwargs)
+
+
+CORPORA = {
+    "stdlib": _stdlib_builder,
+    "text_files": _text_files_builder,
+    "markov": _markov_builder,
+    "text8": _text8_builder,
+    "lm1b": _lm1b_builder,
+    "openwebtext": _openwebtext_builder,
+}
+# The recipe (configs/<name>.py) named in the command that prepares a download.
+RECIPES = {"text8": "text8", "lm1b": "lm1b", "openwebtext": "owt"}
+
+
+def make_builder(data_config) -> DocumentBuilder:
+  """The builder for `data.corpus` (in `data.data_dir`), prepared or not."""
   if data_config.corpus not in CORPORA:
     raise errors.UserError(
         f"data.corpus={data_config.corpus!r} is not one of {sorted(CORPORA)}")
-  b = CORPORA[data_config.corpus](
+  return CORPORA[data_config.corpus](
       data_config, data_dir=data_config.data_dir or None,
       file_format="array_record")
+
+
+def prepare_command(corpus: str, data_dir: str) -> str:
+  """The command line that downloads and prepares a corpus into `data_dir`."""
+  return (f"python -m diffusion_lm.data.prepare --config=configs/"
+          f"{RECIPES[corpus]}.py --config.data.data_dir={data_dir}")
+
+
+def builder(data_config) -> DocumentBuilder:
+  """The prepared builder for `data.corpus`.
+
+  Corpora without downloads are prepared here on first use; for the others
+  a UserError gives the command that prepares them.
+  """
+  b = make_builder(data_config)
   if not b.is_prepared():
+    if b.DOWNLOADS:
+      data_dir = str(b.data_dir_root)
+      raise errors.UserError(
+          f"data.corpus={data_config.corpus!r} is not prepared in {data_dir}; "
+          f"prepare it with: {prepare_command(data_config.corpus, data_dir)}")
     b.download_and_prepare()
+  return b
+
+
+def prepare(data_config, manual_dir: str | None = None) -> DocumentBuilder:
+  """Downloads (or reads from `manual_dir`) and prepares `data.corpus`."""
+  manual_path = epath.Path(manual_dir).expanduser() if manual_dir else None
+  if manual_path and not manual_path.is_dir():
+    raise errors.UserError(f"--manual_dir={manual_dir!r} is not a directory")
+  b = make_builder(data_config)
+  b.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_path))
   return b

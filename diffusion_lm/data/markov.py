@@ -1,0 +1,188 @@
+"""A synthetic corpus from a random order-k Markov chain, its entropy known exactly.
+
+The chain (`data.markov`): `alphabet_size` symbols written as the letters
+'a', 'b', ... (one byte-tokenizer token each); each symbol depends on the
+`order` = k symbols before it. The transition rows P(. | s), one for each
+k-tuple s, are drawn from Dirichlet(concentration) by numpy's
+default_rng(seed). A document is `document_length` = n symbols whose first k
+come from the chain's stationary distribution pi over k-tuples, so the
+process is stationary: every window of k symbols is distributed as pi.
+
+Exact entropies, in bits (`entropy_bits`, computed without preparing anything,
+and stored with the parameters in the prepared dataset's metadata,
+`builder.info.metadata`):
+
+  entropy rate       H = -sum_s pi(s) sum_a P(a|s) log2 P(a|s)
+  whole document     H(X_1..X_n) = H(X_1..X_k) + (n - k) H,  H(X_1..X_k) = H(pi)
+
+Splits: documents are independent, so the first ~90% are train, the next ~5%
+validation and the last ~5% test (at least one document each). The builder
+config name encodes every parameter; the corpus is prepared on first use.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from diffusion_lm import errors
+from diffusion_lm.data import corpora
+
+FIELDS = ("alphabet_size", "order", "concentration", "num_documents",
+          "document_length", "seed")
+MAX_STATES = 4096  # alphabet_size**order: the stationary solve is dense.
+_HELD_OUT_FRACTION = 0.05  # Of the documents, for each of validation and test.
+
+
+def checked_params(params: Mapping) -> dict:
+  """The chain's parameters (`data.markov`) as plain numbers, validated."""
+  p = {field: (float if field == "concentration" else int)(params[field])
+       for field in FIELDS}
+  a, k = p["alphabet_size"], p["order"]
+  problems = [
+      (not 2 <= a <= 26, "alphabet_size", "between 2 and 26 (the letters a-z)"),
+      (k < 1, "order", "at least 1"),
+      (2 <= a <= 26 and k >= 1 and a**k > MAX_STATES, "order",
+       f"such that alphabet_size**order <= {MAX_STATES} states"),
+      (not p["concentration"] > 0, "concentration", "positive"),
+      (p["num_documents"] < 3, "num_documents",
+       "at least 3 (validation and test hold out one each)"),
+      (p["document_length"] < k, "document_length", "at least order"),
+      (p["seed"] < 0, "seed", "non-negative"),
+  ]
+  for bad, field, expected in problems:
+    if bad:
+      raise errors.UserError(
+          f"data.markov.{field}={p[field]!r} must be {expected}")
+  return p
+
+
+def _draw_chain(p: dict) -> tuple[np.random.Generator, np.ndarray]:
+  """The generator of seed `p["seed"]` and the transitions it draws first."""
+  rng = np.random.default_rng(p["seed"])
+  a, k = p["alphabet_size"], p["order"]
+  return rng, rng.dirichlet(np.full(a, p["concentration"]), size=a**k)
+
+
+def transition_matrix(params: Mapping) -> np.ndarray:
+  """P [alphabet_size**order, alphabet_size]: row s is P(next | s), where the
+  k-tuple s = (x_1, ..., x_k), oldest first, is the base-alphabet_size number
+  x_1 x_2 ... x_k."""
+  return _draw_chain(checked_params(params))[1]
+
+
+def _next_states(states: np.ndarray, symbols: np.ndarray, a: int,
+                 k: int) -> np.ndarray:
+  """The k-tuple after `states` when `symbols` follow (oldest symbol dropped)."""
+  return (states % a**(k - 1)) * a + symbols
+
+
+def stationary_distribution(transitions: np.ndarray, order: int) -> np.ndarray:
+  """pi over k-tuples with pi T = pi, T the chain on k-tuples (dense solve)."""
+  num_states, a = transitions.shape
+  states = np.arange(num_states)
+  t = np.zeros((num_states, num_states))
+  t[states[:, None], _next_states(states[:, None], np.arange(a), a, order)] = transitions
+  # (T^T - I) pi = 0, with the last equation replaced by sum(pi) = 1.
+  system = t.T - np.eye(num_states)
+  system[-1] = 1.0
+  rhs = np.zeros(num_states)
+  rhs[-1] = 1.0
+  try:
+    pi = np.linalg.solve(system, rhs)
+  except np.linalg.LinAlgError:
+    raise errors.UserError(
+        "data.markov.concentration is so small that the chain has no unique "
+        "stationary distribution; raise it") from None
+  pi = np.clip(pi, 0.0, None)
+  return pi / pi.sum()
+
+
+def _entropy_terms(p: np.ndarray) -> np.ndarray:
+  """-p log2 p elementwise, with 0 log 0 = 0."""
+  return -p * np.log2(np.where(p > 0, p, 1.0))
+
+
+def entropy_bits(params: Mapping) -> dict:
+  """The exact entropies of the corpus, in bits.
+
+  entropy_rate_bits: H, per symbol of the stationary chain;
+  initial_entropy_bits: H(X_1..X_k), of a document's first k symbols;
+  document_entropy_bits: H(X_1..X_n) = initial + (n - k) H.
+  """
+  p = checked_params(params)
+  transitions = _draw_chain(p)[1]
+  pi = stationary_distribution(transitions, p["order"])
+  rate = float(pi @ _entropy_terms(transitions).sum(axis=1))
+  initial = float(_entropy_terms(pi).sum())
+  return {"entropy_rate_bits": rate, "initial_entropy_bits": initial,
+          "document_entropy_bits":
+              initial + (p["document_length"] - p["order"]) * rate}
+
+
+def sample_documents(params: Mapping) -> np.ndarray:
+  """All documents' symbols, uint8 [num_documents, document_length]
+  (0 = 'a'): the generator continues after drawing the transitions."""
+  p = checked_params(params)
+  a, k = p["alphabet_size"], p["order"]
+  num_docs, length = p["num_documents"], p["document_length"]
+  rng, transitions = _draw_chain(p)
+  pi = stationary_distribution(transitions, k)
+  states = rng.choice(len(pi), size=num_docs, p=pi)
+  docs = np.empty((num_docs, length), np.uint8)
+  for i in range(k):  # The digits of the initial k-tuple, oldest first.
+    docs[:, i] = states // a**(k - 1 - i) % a
+  cdf = np.cumsum(transitions, axis=1)
+  for t in range(k, length):
+    u = rng.random(num_docs)
+    symbols = np.minimum((u[:, None] >= cdf[states]).sum(axis=1), a - 1)
+    docs[:, t] = symbols
+    states = _next_states(states, symbols, a, k)
+  return docs
+
+
+def split_ranges(num_documents: int) -> dict[str, range]:
+  """Document indices of each split: ~90% train, then ~5% validation, ~5% test."""
+  held_out = max(1, round(_HELD_OUT_FRACTION * num_documents))
+  val_start = num_documents - 2 * held_out
+  return {"train": range(0, val_start),
+          "validation": range(val_start, val_start + held_out),
+          "test": range(val_start + held_out, num_documents)}
+
+
+def _name_number(x) -> str:
+  return repr(x).replace(".", "p").replace("-", "m").replace("+", "")
+
+
+class MarkovConfig(tfds.core.BuilderConfig):
+  """One chain and corpus size; the name encodes every parameter."""
+
+  def __init__(self, params: Mapping):
+    p = checked_params(params)
+    super().__init__(
+        name=(f"a{p['alphabet_size']}_k{p['order']}_"
+              f"c{_name_number(p['concentration'])}_docs{p['num_documents']}_"
+              f"len{p['document_length']}_seed{p['seed']}"),
+        description=f"Order-{p['order']} Markov chain: {p}")
+    self.params = p
+    self.entropy = entropy_bits(p)
+
+
+class Markov(corpora.DocumentBuilder, skip_registration=True):
+  """Documents from a random order-k Markov chain of known entropy (no download)."""
+
+  def _metadata(self):
+    return tfds.core.MetadataDict(**self.builder_config.params,
+                                  **self.builder_config.entropy)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    params = self.builder_config.params
+    docs = sample_documents(params)
+    return {split: self._generate_examples(docs, indices)
+            for split, indices in split_ranges(params["num_documents"]).items()}
+
+  def _generate_examples(self, docs, indices):
+    letters = docs + np.uint8(ord("a"))
+    for i in indices:
+      yield i, {"text": letters[i].tobytes(), "path": f"doc{i:07d}"}

@@ -1,0 +1,61 @@
+"""Downloads and prepares the corpus of a config, then prints its split sizes.
+
+  python -m diffusion_lm.data.prepare --config=configs/text8.py \\
+      --config.data.data_dir=/mnt/data/tensorflow_datasets
+
+Needed once for the downloaded corpora (text8, lm1b, openwebtext); the others
+are prepared on first use. The prepared dataset goes to `data.data_dir`
+('' = $TFDS_DATA_DIR or ~/tensorflow_datasets; prepare on a local disk, then
+copy to a bucket if needed), the download to its downloads/ folder. With
+--manual_dir, files already there are used instead of downloading them (text8.zip, the LM1B .tar.gz, openwebtext.tar.xz:
+see each corpus's module docstring).
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from diffusion_lm import cli, errors, parallel
+from diffusion_lm.data import corpora
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (see configs/).", lock_config=True)
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Directory holding the corpus's archive (or, for "
+    "openwebtext, its .txt files); downloaded when absent.")
+flags.mark_flag_as_required("config")
+
+_BATCH = 4096  # Documents read at a time when counting bytes.
+
+
+def split_sizes(builder) -> dict[str, tuple[int, int]]:
+  """(documents, bytes of text) of each split of a prepared builder."""
+  sizes = {}
+  for split in (s for s in corpora.SPLITS if s in builder.info.splits):
+    source = builder.as_data_source(split)
+    num_bytes = 0
+    for start in range(0, len(source), _BATCH):
+      batch = source.__getitems__(range(start, min(start + _BATCH, len(source))))
+      num_bytes += sum(len(example["text"]) for example in batch)
+    sizes[split] = (len(source), num_bytes)
+  return sizes
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  parallel.quiet_library_logs()
+  data_config = _CONFIG.value.data
+  try:
+    builder = corpora.prepare(data_config, manual_dir=_MANUAL_DIR.value)
+  except errors.UserError as e:
+    sys.exit(f"error: {e}")
+  print(f"data.corpus={data_config.corpus!r} is prepared in {builder.data_dir}")
+  print(f"{'split':<12}{'documents':>14}{'bytes':>18}")
+  for split, (num_docs, num_bytes) in split_sizes(builder).items():
+    print(f"{split:<12}{num_docs:>14,}{num_bytes:>18,}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
