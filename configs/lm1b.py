@@ -1,11 +1,12 @@
 """MDLM on LM1B (Sahoo et al. 2024): sentences one per row, length 128.
 
-Target: perplexity <= 27.04 on the test split after 33B tokens (MDLM, Table 1,
-with the bert-base-uncased tokenizer; this recipe uses a 32k sentencepiece
-model trained on LM1B's train split, so perplexities are close to, not
-identical with, the paper's; bits per byte compare exactly). MDLM's recipe:
-unpacked sequences padded to 128, log-linear schedule, no time conditioning,
-AdamW 3e-4 with 2,500 warmup steps then constant, EMA 0.9999, batch 512.
+Target: perplexity <= 27.04 on the test split after 33B tokens (MDLM, Table 1).
+That perplexity is per token of bert-base-uncased on lowercased text; this
+recipe's is per token of its own 32k sentencepiece model on the original
+text, so the two are not the same number (matching it needs MDLM's tokenizer
+and lowercasing, which this codebase does not ship). MDLM's recipe: unpacked
+sequences padded to 128, log-linear schedule, no time conditioning, AdamW
+3e-4 with 2,500 warmup steps then constant, EMA 0.9999, batch 512.
 
 Prepare the data and the tokenizer once (downloads about 1.7 GB):
 

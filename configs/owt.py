@@ -1,10 +1,10 @@
 """MD4 / MDLM on OpenWebText: length 1024, documents wrapped, batch 512, 1M steps.
 
 Target: perplexity <= 23.05 on the 100k held-out documents (masked diffusion
-at this model size in MDLM, Sahoo et al. 2024, and MD4, Shi et al. 2024, with
-the GPT-2 tokenizer; this recipe uses a 50k BPE sentencepiece model trained on
-OpenWebText's train split, so perplexities are close to, not identical with,
-the papers'; bits per byte compare exactly). MD4's recipe: linear schedule,
+at this model size in MDLM, Sahoo et al. 2024, and MD4, Shi et al. 2024).
+That perplexity is per GPT-2 token; this recipe's is per token of its own
+50k BPE sentencepiece model, so the two compare through total bits: the
+papers' number is 2 ** (total bits / GPT-2 tokens of the held-out split). MD4's recipe: linear schedule,
 time conditioning, AdamW 3e-4 with 2,000 warmup steps and cosine decay,
 b2 0.999, EMA 0.9999, no weight decay or clipping.
 
@@ -15,16 +15,18 @@ archive or its .txt files in --manual_dir):
       --config.data.data_dir=$TFDS_DATA_DIR
   python -m diffusion_lm.data.train_tokenizer --config=configs/owt.py \
       --config.data.data_dir=$TFDS_DATA_DIR --vocab_size=50257 \
-      --model_type=bpe --max_documents=1000000
+      --model_type=bpe --max_documents=100000
 
 Train on a TPU v5p-128 slice (the same command on every worker):
 
   python -m diffusion_lm.main --config=configs/owt.py --multihost \
       --workdir=gs://BUCKET/runs/owt --config.data.data_dir=$TFDS_DATA_DIR
 
-or on GPU nodes of 8 H100s (one process per node, --multihost):
+or on GPU nodes of 8 H100s (one process per node; jax.distributed finds the
+coordinator from the cluster's environment, e.g. SLURM):
 
-  python -m diffusion_lm.main --config=configs/owt.py --workdir=runs/owt
+  python -m diffusion_lm.main --config=configs/owt.py --multihost \
+      --workdir=/shared/runs/owt
 
 Budget (`python -m diffusion_lm.budget --config=configs/owt.py
 --vocab_size=50257`): 163.3M parameters, 8.54e8 training FLOPs per token over
@@ -45,10 +47,7 @@ def get_config(variant: str = ""):
                 tokenizer_model="spm_bpe_50257.model", seq_len=1024,
                 packing="wrap")
   c.diffusion.schedule = "linear"
-  c.train.update(steps=1_000_000, batch_size=512, learning_rate=3e-4,
-                 warmup_steps=2000, final_lr_fraction=0.0, weight_decay=0.0,
-                 b2=0.999, grad_clip=0.0, ema_decay=0.9999, log_every=500,
-                 eval_every=10_000, checkpoint_every=5000)
+  c.train.update(config_base.MD4_TRAIN, eval_every=10_000)
   # OpenWebText has no test split: the held-out documents are "validation".
   c.eval.update(batch_size=512, batches_during_training=16, split="validation")
   return config_base.variant(c, variant)

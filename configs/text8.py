@@ -36,9 +36,6 @@ def get_config(variant: str = ""):
   c.model.update(config_base.SMALL_MODEL, time_conditioning=True)
   c.data.update(corpus="text8", tokenizer="char", seq_len=256, packing="wrap")
   c.diffusion.schedule = "linear"
-  c.train.update(steps=1_000_000, batch_size=512, learning_rate=3e-4,
-                 warmup_steps=2000, final_lr_fraction=0.0, weight_decay=0.0,
-                 b2=0.999, grad_clip=0.0, ema_decay=0.9999, log_every=500,
-                 eval_every=5000, checkpoint_every=5000)
+  c.train.update(config_base.MD4_TRAIN, eval_every=5000)
   c.eval.update(batch_size=512, batches_during_training=16, split="test")
   return config_base.variant(c, variant)

@@ -65,13 +65,15 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int):
 def check_tokenizer(mngr: ocp.CheckpointManager, step: int, tokenizer) -> None:
   """Refuses to resume a checkpoint with a tokenizer other than its own."""
   _, saved = restore_metadata(mngr, step)
-  if saved.to_json() != tokenizer.to_json():
-    raise errors.UserError(
-        f"the checkpoint at step {step} in {mngr.directory} was trained with "
-        f"tokenizer {saved.to_json()['kind']!r} (vocab_size {saved.vocab_size}) "
-        f"but data.tokenizer gives {tokenizer.to_json()['kind']!r} (vocab_size "
-        f"{tokenizer.vocab_size}); keep the checkpoint's tokenizer or start a "
-        "new --workdir")
+  if saved.to_json() == tokenizer.to_json():
+    return
+  same_shape = (saved.kind, saved.vocab_size) == (tokenizer.kind, tokenizer.vocab_size)
+  raise errors.UserError(
+      f"the checkpoint at step {step} in {mngr.directory} was trained with "
+      f"tokenizer {saved.kind!r} (vocab_size {saved.vocab_size}) but the "
+      f"config's data.tokenizer gives {'another ' * same_shape}{tokenizer.kind!r}"
+      f" (vocab_size {tokenizer.vocab_size}); keep the checkpoint's tokenizer "
+      "or start a new --workdir")
 
 
 def restore_params(mngr: ocp.CheckpointManager, step: int, target: dict,

@@ -107,6 +107,15 @@ SMALL_MODEL = dict(num_layers=12, num_heads=12, head_dim=64, embed_dim=768,
                    mlp_dim=2048, dtype="bfloat16")
 
 
+# MD4's optimisation for text8 and OpenWebText (Shi et al. 2024): AdamW 3e-4,
+# 2,000 warmup steps and cosine decay to 0, b2 0.999, EMA 0.9999, no weight
+# decay or clipping; batch 512 for 1M steps.
+MD4_TRAIN = dict(steps=1_000_000, batch_size=512, learning_rate=3e-4,
+                 warmup_steps=2000, final_lr_fraction=0.0, weight_decay=0.0,
+                 b2=0.999, grad_clip=0.0, ema_decay=0.9999, log_every=500,
+                 checkpoint_every=5000)
+
+
 def _tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The recipe's data, tokenizer and objective with a model and a run small
   enough for a CPU test."""

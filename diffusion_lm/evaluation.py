@@ -47,7 +47,9 @@ class EvalSplit:
     self.batch_size = config.eval.batch_size
     self.seed = config.eval.seed
     self.packed = pipeline.pack_split(config, tokenizer, split)
-    self.token_bytes = tokenizer.token_bytes
+    tokens, weights = self.packed["tokens"], self.packed["weights"]
+    self.row_bytes = np.array([np.dot(tokenizer.token_bytes[t], w)
+                               for t, w in zip(tokens, weights)], np.float64)
 
   def evaluate(self, eval_step, params, mesh, max_batches: int = 0) -> dict:
     """Bounds over the split (or its first max_batches global batches)."""
@@ -63,9 +65,7 @@ class EvalSplit:
       sums.append(eval_step(params, batch, jax.random.fold_in(key, i)))
     nats, tokens = np.asarray(jax.device_get(sums), np.float64).sum(axis=0)
     bits = nats / math.log(2)
-    rows = {k: v[:len(sums) * self.batch_size] for k, v in self.packed.items()}
-    num_bytes = np.sum(self.token_bytes[rows["tokens"]] * rows["weights"],
-                       dtype=np.float64)
+    num_bytes = self.row_bytes[:len(sums) * self.batch_size].sum()
     return {
         "bits_per_token": bits / tokens,
         "bits_per_byte": bits / num_bytes,

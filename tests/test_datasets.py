@@ -356,6 +356,8 @@ def test_unprepared_download_gives_the_command_that_prepares_it(tmp_path, corpus
   config.data.corpus = corpus
   command = (f"python -m diffusion_lm.data.prepare --config=configs/{recipe}.py "
              f"--config.data.data_dir={tmp_path}")
+  if corpus == "openwebtext":
+    command += " --config.data.validation_documents=100000"
   with pytest.raises(errors.UserError) as error:
     corpora.builder(config.data)
   assert str(error.value) == (f"data.corpus={corpus!r} is not prepared in "

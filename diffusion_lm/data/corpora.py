@@ -288,10 +288,13 @@ def make_builder(data_config) -> DocumentBuilder:
       file_format="array_record")
 
 
-def prepare_command(corpus: str, data_dir: str) -> str:
-  """The command line that downloads and prepares a corpus into `data_dir`."""
-  return (f"python -m diffusion_lm.data.prepare --config=configs/"
-          f"{RECIPES[corpus]}.py --config.data.data_dir={data_dir}")
+def prepare_command(data_config, data_dir: str) -> str:
+  """The command line that downloads and prepares `data.corpus` into `data_dir`."""
+  command = (f"python -m diffusion_lm.data.prepare --config=configs/"
+             f"{RECIPES[data_config.corpus]}.py --config.data.data_dir={data_dir}")
+  if data_config.corpus == "openwebtext":  # Its builder config depends on it.
+    command += f" --config.data.validation_documents={data_config.validation_documents}"
+  return command
 
 
 def builder(data_config) -> DocumentBuilder:
@@ -306,7 +309,7 @@ def builder(data_config) -> DocumentBuilder:
       data_dir = str(b.data_dir_root)
       raise errors.UserError(
           f"data.corpus={data_config.corpus!r} is not prepared in {data_dir}; "
-          f"prepare it with: {prepare_command(data_config.corpus, data_dir)}")
+          f"prepare it with: {prepare_command(data_config, data_dir)}")
     b.download_and_prepare()
   return b
 

@@ -55,9 +55,10 @@ class Lm1b(corpora.DocumentBuilder, skip_registration=True):
           continue
         num_shards += 1
         shard = posixpath.basename(name)
-        # Text mode (universal newlines) as TFDS reads the shards; a shard is
+        # Lines end at "\n" only, as TFDS's GFile reads the shards; a shard is
         # ~40 MB, and a tar stream's member cannot be wrapped directly.
-        lines = io.TextIOWrapper(io.BytesIO(member.read()), encoding="utf-8")
+        lines = io.TextIOWrapper(io.BytesIO(member.read()), encoding="utf-8",
+                                 newline="\n")
         for i, line in enumerate(lines):
           yield f"{shard}_{i}", {"text": line.strip(), "path": f"{shard}:{i}"}
     if not num_shards:
