@@ -12,7 +12,6 @@ with the sharding of the abstract target, which may be a different mesh.
 import os
 
 import grain
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from absl import flags
+from absl import app, flags
 
 
 def parse_flags(argv):
@@ -18,3 +18,16 @@ def parse_flags(argv):
     field, _, hint = str(message).partition("\n")
     sys.exit(f"error: unknown config field {field.strip(chr(39))!r} in the "
              f"--config overrides. {hint}".rstrip())
+
+
+def no_positional_args(argv) -> None:
+  """Refuses stray arguments (absl passes them through after the flags)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+
+
+def start(argv) -> None:
+  """What a command does first: no stray arguments, quiet library logs."""
+  no_positional_args(argv)
+  from diffusion_lm import parallel  # pylint: disable=g-import-not-at-top
+  parallel.quiet_library_logs()  # Imported here: it loads JAX.

@@ -11,7 +11,7 @@ means SIGTERM stopped training after saving a checkpoint (run it again).
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from diffusion_lm import cli, errors, parallel
@@ -30,8 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_positional_args(argv)
   if _MULTIHOST.value:
     parallel.initialize_multihost()
   parallel.quiet_library_logs()

@@ -14,6 +14,8 @@ import time
 
 from absl import app, flags
 
+from diffusion_lm import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Number of samples.")
 _LENGTH = flags.DEFINE_integer("length", None, "Tokens per sample.")
@@ -30,8 +32,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_positional_args(argv)
   if not os.path.isdir(_WORKDIR.value):
     sys.exit(f"error: --workdir={_WORKDIR.value} does not exist")
   from diffusion_lm import api, errors  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,4 @@
-"""Tokenizer, corpora (TFDS builders), splits and the grain pipeline."""
-
-import pathlib
+"""The stdlib and text_files corpora, their splits and the grain pipeline."""
 
 import numpy as np
 import pytest

@@ -6,7 +6,6 @@ sampler's own doing.
 """
 
 import dataclasses
-import itertools
 
 import jax
 import jax.numpy as jnp

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffusion_lm import cli, errors, parallel
+from diffusion_lm import cli, errors
 from diffusion_lm.data import corpora
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,9 +43,7 @@ def split_sizes(builder) -> dict[str, tuple[int, int]]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.quiet_library_logs()
+  cli.start(argv)
   data_config = _CONFIG.value.data
   try:
     builder = corpora.prepare(data_config, manual_dir=_MANUAL_DIR.value)

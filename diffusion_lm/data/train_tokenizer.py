@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 import sentencepiece as spm
 
-from diffusion_lm import cli, errors, parallel
+from diffusion_lm import cli, errors
 from diffusion_lm.data import corpora, pipeline, tokenizers
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -104,9 +104,7 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.quiet_library_logs()
+  cli.start(argv)
   data_config = _CONFIG.value.data
   try:
     data_dir = os.path.abspath(corpora.builder(data_config).data_dir)
