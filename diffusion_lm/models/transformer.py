@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -60,9 +61,9 @@ class RMSNorm(nnx.Module):
 
 def rope_tables(seq_len: int, head_dim: int, base: float):
   """cos and sin of position * frequency, each [seq_len, head_dim // 2]."""
-  freqs = base ** (-jnp.arange(0, head_dim // 2, dtype=jnp.float32) * 2.0 / head_dim)
-  angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * freqs[None, :]
-  return jnp.cos(angles), jnp.sin(angles)
+  freqs = base ** (-np.arange(0, head_dim // 2, dtype=np.float64) * 2.0 / head_dim)
+  angles = np.arange(seq_len, dtype=np.float64)[:, None] * freqs[None, :]
+  return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 def apply_rope(x_BxLxHxK, cos_LxK2, sin_LxK2):
@@ -99,9 +100,13 @@ class Attention(nnx.Module):
     qkv_BxLx3xHxK = dense(x_BxLxD, self.qkv[...], x_BxLxD.dtype)
     # split, not indexing: its gradient is one concatenation, not three pads.
     q, k, v = (t[:, :, 0] for t in jnp.split(qkv_BxLx3xHxK, 3, axis=2))
+    # The 1/sqrt(head_dim) logit scale rides on the query's rotation tables:
+    # a scale inside the attention costs XLA a full pass over [B, H, L, L].
+    scale = self.cfg.head_dim**-0.5
     y_BxLxHxK = jax.nn.dot_product_attention(
-        apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask=mask_Bx1xLxL,
-        is_causal=self.cfg.causal, implementation=self.cfg.attention_impl or None)
+        apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin), v,
+        mask=mask_Bx1xLxL, scale=1.0, is_causal=self.cfg.causal,
+        implementation=self.cfg.attention_impl or None)
     out = self.out[...]
     return dense(y_BxLxHxK.reshape(b, l, -1), out.reshape(-1, out.shape[-1]),
                  x_BxLxD.dtype)
