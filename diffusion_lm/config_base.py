@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
       b1=0.9,
       b2=0.99,
       grad_clip=1.0,  # Global-norm clipping; 0 = off.
+      # Rows scored in this many independent slices per step: the same loss;
+      # on a CPU 4 is 1.1-1.2x faster (objective.sequence_nelbo). Divides batch_size.
+      batch_slices=1,
       ema_decay=0.0,  # 0 = no EMA; evaluation and sampling use EMA when on.
       seed=0,
       log_every=50,

@@ -18,7 +18,8 @@ import optax
 from absl import logging
 from flax import nnx
 
-from diffusion_lm import api, checkpoints, evaluation, metrics, models, parallel
+from diffusion_lm import (api, checkpoints, errors, evaluation, metrics, models,
+                          parallel)
 from diffusion_lm.data import pipeline, tokenizers
 from diffusion_lm.diffusion import objective, schedules
 
@@ -73,7 +74,7 @@ def state_shardings(abstract_state, param_shardings, optimizer, mesh) -> dict:
 
 
 def make_train_step(graphdef, optimizer, schedule, mask_id: int,
-                    ema_decay: float, shardings, mesh):
+                    ema_decay: float, batch_slices: int, shardings, mesh):
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated."""
 
   def train_step(state, batch):
@@ -82,7 +83,7 @@ def make_train_step(graphdef, optimizer, schedule, mask_id: int,
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       return objective.train_loss(model, batch, jax.random.fold_in(rng, step),
-                                  schedule, mask_id)
+                                  schedule, mask_id, batch_slices)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"],
@@ -135,6 +136,10 @@ class Training:
 
 
 def build(config, tokenizer, mesh) -> Training:
+  slices, batch = config.train.batch_slices, config.train.batch_size
+  if slices < 1 or batch % slices:
+    raise errors.UserError(f"train.batch_slices={slices} must be a positive "
+                           f"divisor of train.batch_size={batch}")
   model_cfg = models.model_config(config, tokenizer)
   graphdef, abstract_model_state = models.abstract_model(model_cfg)
   param_shardings = parallel.state_shardings(abstract_model_state,
@@ -152,7 +157,7 @@ def build(config, tokenizer, mesh) -> Training:
       step=make_train_step(graphdef, optimizer,
                            schedules.from_config(config.diffusion),
                            tokenizer.mask_id, config.train.ema_decay,
-                           shardings, mesh))
+                           config.train.batch_slices, shardings, mesh))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
