@@ -34,11 +34,21 @@ def test_params_are_sharded_by_the_rules(tiny_config):
   assert mu.sharding == qkv.sharding
 
 
+def test_batch_slices_must_divide_the_batch(tiny_config):
+  tiny_config.train.batch_slices = 3
+  with pytest.raises(errors.UserError, match="train.batch_slices=3 .* "
+                     "train.batch_size=8"):
+    train.build(tiny_config, TOKENIZER, mesh(1, 1))
+
+
 def test_train_step_on_8_devices_matches_one_device(tiny_config):
+  """Also with the 8-device step scoring its rows in 2 strided slices: the
+  slices keep each device's rows, and the loss is the same."""
   tiny_config.train.ema_decay = 0.9
   batch_np = next(iter(pipeline.train_dataset(tiny_config, TOKENIZER)))
   results = []
-  for m in (mesh(1, 1), mesh(4, 2)):
+  for m, slices in ((mesh(1, 1), 1), (mesh(4, 2), 2)):
+    tiny_config.train.batch_slices = slices
     training = train.build(tiny_config, TOKENIZER, m)
     state = training.init()
     losses = []

@@ -60,7 +60,11 @@ class RMSNorm(nnx.Module):
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float):
-  """cos and sin of position * frequency, each [seq_len, head_dim // 2]."""
+  """cos and sin of position * frequency, each [seq_len, head_dim // 2].
+
+  Computed in numpy, so they enter the graph as constants: traced, XLA's CPU
+  backend recomputes sin and cos inside every fusion that reads them.
+  """
   freqs = base ** (-np.arange(0, head_dim // 2, dtype=np.float64) * 2.0 / head_dim)
   angles = np.arange(seq_len, dtype=np.float64)[:, None] * freqs[None, :]
   return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
