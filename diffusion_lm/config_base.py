@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
       b2=0.99,
       grad_clip=1.0,  # Global-norm clipping; 0 = off.
       # Rows scored in this many independent slices per step: the same loss;
-      # on a CPU 4 is 1.1-1.2x faster (objective.sequence_nelbo). Divides batch_size.
+      # on a CPU 4 is 1.1-1.3x faster (objective.sequence_nelbo). Divides batch_size.
       batch_slices=1,
       ema_decay=0.0,  # 0 = no EMA; evaluation and sampling use EMA when on.
       seed=0,
