@@ -4,9 +4,10 @@ Target: perplexity <= 23.05 on the 100k held-out documents (masked diffusion
 at this model size in MDLM, Sahoo et al. 2024, and MD4, Shi et al. 2024).
 That perplexity is per GPT-2 token; this recipe's is per token of its own
 50k BPE sentencepiece model, so the two compare through total bits: the
-papers' number is 2 ** (total bits / GPT-2 tokens of the held-out split). MD4's recipe: linear schedule,
-time conditioning, AdamW 3e-4 with 2,000 warmup steps and cosine decay,
-b2 0.999, EMA 0.9999, no weight decay or clipping.
+papers' number is 2 ** (total bits / GPT-2 tokens of the held-out split).
+MD4's recipe: linear schedule, time conditioning, AdamW 3e-4 with 2,000
+warmup steps and cosine decay, b2 0.999, EMA 0.9999, no weight decay or
+clipping.
 
 Prepare the data and the tokenizer once (downloads about 12 GB, or put the
 archive or its .txt files in --manual_dir):

@@ -66,13 +66,15 @@ def check_tokenizer(mngr: ocp.CheckpointManager, step: int, tokenizer) -> None:
   _, saved = restore_metadata(mngr, step)
   if saved.to_json() == tokenizer.to_json():
     return
+  # Same kind and size but different content (e.g. another sentencepiece model).
   same_shape = (saved.kind, saved.vocab_size) == (tokenizer.kind, tokenizer.vocab_size)
+  other = "another " if same_shape else ""
   raise errors.UserError(
       f"the checkpoint at step {step} in {mngr.directory} was trained with "
       f"tokenizer {saved.kind!r} (vocab_size {saved.vocab_size}) but the "
-      f"config's data.tokenizer gives {'another ' * same_shape}{tokenizer.kind!r}"
-      f" (vocab_size {tokenizer.vocab_size}); keep the checkpoint's tokenizer "
-      "or start a new --workdir")
+      f"config's data.tokenizer gives {other}{tokenizer.kind!r} (vocab_size "
+      f"{tokenizer.vocab_size}); keep the checkpoint's tokenizer or start a "
+      "new --workdir")
 
 
 def restore_params(mngr: ocp.CheckpointManager, step: int, target: dict,
