@@ -16,8 +16,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from diffusion_lm import checkpoints, errors, models, parallel
-from diffusion_lm.diffusion import objective, samplers, schedules
+from diffusion_lm import checkpoints, errors, evaluation, models, parallel
+from diffusion_lm.data import pipeline
+from diffusion_lm.diffusion import samplers, schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,30 +34,28 @@ class Denoiser:
 class DiffusionLM:
   """A trained masked diffusion LM: parameters, config and tokenizer."""
 
-  def __init__(self, graphdef, params, config, tokenizer, step: int | None = None):
-    self.denoiser = Denoiser(graphdef)
+  def __init__(self, graphdef, params, config, tokenizer, mesh,
+               step: int | None = None):
+    self.graphdef = graphdef
     self.params = params
     self.config = config
     self.tokenizer = tokenizer
+    self.mesh = mesh
     self.step = step
+    self._eval_steps = {}  # num_t_samples -> the compiled eval step
 
-  def generate(self, init_BxL, *, seed=None, **options):
-    """Fills the [MASK] ids of init_BxL; returns (tokens, network calls).
-
-    options: steps, sampler, temperature, top_p, float64 (default: config.sample).
-    """
-    cfg = self.config.sample
-    unknown = set(options) - {"steps", "sampler", "temperature", "top_p", "float64"}
-    if unknown:
-      raise TypeError(f"unknown sampling options {sorted(unknown)}")
-    options = {k: cfg[k] if options.get(k) is None else options[k]
-               for k in ("steps", "sampler", "temperature", "top_p", "float64")}
-    seed = cfg.seed if seed is None else seed
+  def generate(self, init_BxL, *, seed: int | None = None,
+               **options) -> samplers.SampleResult:
+    """Fills the [MASK] ids of init_BxL with the sampler of `options`
+    (samplers.SamplerOptions; unset ones from config.sample)."""
+    sample_config = self.config.sample
+    seed = sample_config.seed if seed is None else seed
     return samplers.sample(
-        self.denoiser, self.params, jax.random.PRNGKey(seed), init_BxL,
-        mask_id=self.tokenizer.mask_id,
-        schedule=schedules.from_config(self.config.diffusion),
-        reads_mask_rate=self.config.model.time_conditioning, **options)
+        Denoiser(self.graphdef), self.params, jax.random.PRNGKey(seed),
+        init_BxL, mask_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
+        reads_mask_rate=self.config.model.time_conditioning,
+        options=samplers.make_options(sample_config, options),
+        schedule=schedules.from_config(self.config.diffusion))
 
   def _template(self, parts, num_samples: int, length: int | None = None):
     """[num_samples, L] ids: text parts fixed, integer parts masked."""
@@ -72,43 +71,68 @@ class DiffusionLM:
                                          np.int32)])
     return np.tile(row, (num_samples, 1))
 
+  def _texts(self, result: samplers.SampleResult) -> list[str]:
+    tokens = np.asarray(result.tokens_BxL)
+    return [self.tokenizer.decode(row[:n])
+            for row, n in zip(tokens, np.asarray(result.length_B))]
+
   def sample(self, num_samples: int | None = None, *, length: int | None = None,
              prompt: str = "", seed: int | None = None, **options) -> list[str]:
     """Texts of `length` tokens (default config) that begin with `prompt`."""
-    cfg = self.config.sample
-    num_samples = num_samples or cfg.num_samples
-    length = length or cfg.length or self.config.data.seq_len
+    sample_config = self.config.sample
+    num_samples = num_samples or sample_config.num_samples
+    length = length or sample_config.length or self.config.data.seq_len
     prompt_len = len(self.tokenizer.encode(prompt))
     if prompt_len >= length:
       raise errors.UserError(
           f"the prompt is {prompt_len} tokens but the sample length is {length}: "
           "it must leave at least one token to generate")
     init = self._template([prompt], num_samples, length)
-    tokens, _ = self.generate(init, seed=seed, **options)
-    return [self.tokenizer.decode(row) for row in np.asarray(tokens)]
+    return self._texts(self.generate(init, seed=seed, **options))
 
   def infill(self, parts, num_samples: int = 1, *, seed: int | None = None,
              **options) -> list[str]:
     """Fills the gaps of a template: strings are kept, an int n is n new tokens."""
     if not any(isinstance(p, int) and p > 0 for p in parts):
       raise errors.UserError("infill needs at least one positive integer gap in parts")
-    tokens, _ = self.generate(self._template(parts, num_samples), seed=seed,
-                              **options)
-    return [self.tokenizer.decode(row) for row in np.asarray(tokens)]
+    return self._texts(self.generate(self._template(parts, num_samples),
+                                     seed=seed, **options))
 
-  def score(self, texts, num_t_samples: int = 64, seed: int = 0) -> list[float]:
-    """Upper bounds on -log2 p(text) (bits), each text scored at its own length."""
-    mask_id = self.tokenizer.mask_id
-    nelbo = jax.jit(lambda params, batch, key: objective.eval_nelbo_sum(
-        nnx.merge(self.denoiser.graphdef, params), batch, key, mask_id,
-        num_t_samples))
-    bits = []
-    for i, text in enumerate(texts):
-      tokens = self.tokenizer.encode(text)[None]
-      batch = {"tokens": tokens, "weights": np.ones(tokens.shape, np.float32)}
-      nats = nelbo(self.params, batch, jax.random.fold_in(jax.random.PRNGKey(seed), i))
-      bits.append(float(nats) / math.log(2))
-    return bits
+  def _eval_step(self, num_t_samples: int):
+    if num_t_samples not in self._eval_steps:
+      self._eval_steps[num_t_samples] = evaluation.make_eval_step(
+          self.graphdef, jax.tree.map(lambda x: x.sharding, self.params),
+          self.mesh, self.tokenizer.mask_id, num_t_samples)
+    return self._eval_steps[num_t_samples]
+
+  def score(self, texts: list[str], num_t_samples: int = 64,
+            seed: int = 0) -> list[float]:
+    """NELBO upper bounds, in bits, one per text, scored as a training row.
+
+    Each text becomes a document (its tokens, then EOS) alone in a row of
+    data.seq_len tokens. A model trained with data.packing='pad' (and not
+    data.condition_on_length) reads the rest of the row as EOS filler, as in
+    training: the bound is on -log2 p(text), its length included. Otherwise
+    the document sees only itself: the bound is on -log2 p(text | its length
+    in tokens).
+    """
+    if isinstance(texts, (str, bytes)):
+      raise errors.UserError("score takes a list of texts, not one text")
+    data = self.config.data.copy_and_resolve_references()
+    data.condition_on_length = data.condition_on_length or data.packing == "wrap"
+    eos = [] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id]
+    docs = [np.concatenate([self.tokenizer.encode(t), eos]).astype(np.int32)
+            for t in texts]
+    for text, doc in zip(texts, docs):
+      if len(doc) > data.seq_len:
+        raise errors.UserError(
+            f"text {text[:20]!r}... is {len(doc)} tokens with EOS; the model's "
+            f"rows hold data.seq_len={data.seq_len}")
+    rows = pipeline.pad_rows(docs, data, self.tokenizer.eos_id)
+    batches = pipeline.eval_batches(rows, self.config.eval.batch_size)
+    nelbo_KxN = evaluation.nelbos(self._eval_step(num_t_samples), self.params,
+                                  batches, self.mesh, jax.random.PRNGKey(seed))
+    return list(nelbo_KxN.mean(axis=0)[:len(texts)] / math.log(2))
 
 
 def load(workdir: str, step: int | None = None, mesh=None) -> DiffusionLM:
@@ -122,11 +146,10 @@ def load(workdir: str, step: int | None = None, mesh=None) -> DiffusionLM:
   step = checkpoints.latest_step_or_raise(mngr, workdir) if step is None else step
   config, tokenizer = checkpoints.restore_metadata(mngr, step)
   graphdef, abstract_state = models.abstract_model(
-      models.model_config(config, tokenizer))
+      models.TransformerConfig.from_config(config.model, tokenizer.vocab_size))
   if mesh is None:
     mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1}))
   shardings = parallel.state_shardings(abstract_state, config.mesh.rules, mesh)
   target = parallel.with_shardings(nnx.to_pure_dict(abstract_state), shardings)
-  params = checkpoints.restore_params(mngr, step, target,
-                                      use_ema=config.train.ema_decay > 0)
-  return DiffusionLM(graphdef, params, config, tokenizer, step=step)
+  params = checkpoints.restore_params(mngr, step, target, config.train)
+  return DiffusionLM(graphdef, params, config, tokenizer, mesh, step=step)

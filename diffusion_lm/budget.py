@@ -11,16 +11,13 @@ yet needs `--vocab_size`.
 """
 
 import json
-import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from diffusion_lm import cli, errors, metrics, models
-from diffusion_lm.data import tokenizers
+from diffusion_lm.data import corpora, tokenizers
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (see configs/).", lock_config=True)
+_CONFIG = cli.define_config_flag()
 _MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation.")
 _VOCAB_SIZE = flags.DEFINE_integer(
     "vocab_size", 0, "Predicted vocabulary size; 0 = the config's tokenizer's.")
@@ -44,15 +41,17 @@ def budget(config, vocab_size: int, mfu: float) -> dict:
   }
 
 
-def run(argv):
-  del argv
+def main():
   config = _CONFIG.value
-  try:
-    vocab_size = _VOCAB_SIZE.value or tokenizers.from_config(config.data).vocab_size
-  except errors.UserError as e:
-    sys.exit(f"error: {e} (or pass --vocab_size)")
+  vocab_size = _VOCAB_SIZE.value
+  if not vocab_size:
+    try:
+      vocab_size = tokenizers.from_config(
+          config.data, corpora.prepared_dir(config.data)).vocab_size
+    except errors.UserError as e:
+      raise errors.UserError(f"{e} (or pass --vocab_size)") from None
   print(json.dumps(budget(config, vocab_size, _MFU.value)))
 
 
 if __name__ == "__main__":
-  app.run(run, flags_parser=cli.parse_flags)
+  cli.run(main)

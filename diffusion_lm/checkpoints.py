@@ -77,10 +77,16 @@ def check_tokenizer(mngr: ocp.CheckpointManager, step: int, tokenizer) -> None:
       "new --workdir")
 
 
+def eval_params_name(train_config) -> str:
+  """The train state's entry that evaluation and sampling use: the EMA of the
+  parameters when training kept one, else the parameters."""
+  return "ema" if train_config.ema_decay > 0 else "params"
+
+
 def restore_params(mngr: ocp.CheckpointManager, step: int, target: dict,
-                   use_ema: bool) -> dict:
-  """The parameters to evaluate or sample with: EMA when on, else raw."""
-  name = "ema" if use_ema else "params"
+                   train_config) -> dict:
+  """The parameters to evaluate or sample with (eval_params_name)."""
+  name = eval_params_name(train_config)
   restored = mngr.restore(step, args=ocp.args.Composite(
       **{name: ocp.args.StandardRestore(target)}))
   return restored[name]

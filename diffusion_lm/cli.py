@@ -1,11 +1,26 @@
-"""What every command line shares: absl flag parsing with one-line errors."""
+"""What every command line shares: the --config flag, flag parsing, quiet
+library logs, and bad input as one line `error: ...` with exit status 1."""
 
+import logging as std_logging
+import os
+import shlex
 import sys
+from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from diffusion_lm import errors
 
 
-def parse_flags(argv):
+def define_config_flag():
+  """--config=FILE[:variant], with --config.<group>.<field>=VALUE overrides;
+  a misspelt field is an error (lock_config)."""
+  return config_flags.DEFINE_config_file(
+      "config", None, "Path to a config file (see configs/).", lock_config=True)
+
+
+def _parse_flags(argv):
   """absl's flag parsing, with a bad --config.* override as one clear line."""
   try:
     return flags.FLAGS(argv)
@@ -20,14 +35,48 @@ def parse_flags(argv):
              f"--config overrides. {hint}".rstrip())
 
 
-def no_positional_args(argv) -> None:
-  """Refuses stray arguments (absl passes them through after the flags)."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def quiet_library_logs() -> None:
+  """INFO lines from diffusion_lm only; other libraries (orbax, TFDS, grain)
+  keep their warnings and errors."""
+
+  def keep(record) -> bool:
+    if f"{os.sep}diffusion_lm{os.sep}" in record.pathname:
+      return True
+    # TFDS warns whenever a builder is given its config object, as ours are.
+    return (record.levelno >= std_logging.WARNING and
+            not record.getMessage().startswith("Using custom data configuration"))
+
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().python_handler.addFilter(keep)
 
 
-def start(argv) -> None:
-  """What a command does first: no stray arguments, quiet library logs."""
-  no_positional_args(argv)
-  from diffusion_lm import parallel  # pylint: disable=g-import-not-at-top
-  parallel.quiet_library_logs()  # Imported here: it loads JAX.
+def _prepare_command(argv: list[str], data_dir: str) -> str:
+  """The prepare command for this command line's --config flags."""
+  config_args = [a for a in argv[1:] if a.startswith("--config")
+                 and not a.startswith("--config.data.data_dir")]
+  return shlex.join(["python", "-m", "diffusion_lm.data.prepare", *config_args,
+                     f"--config.data.data_dir={data_dir}"])
+
+
+def _error_line(e: errors.UserError) -> str:
+  """The one line a command line prints for a UserError."""
+  if isinstance(e, errors.NotPrepared):
+    return (f"error: data.corpus={e.corpus!r} is not prepared in {e.data_dir}; "
+            f"prepare it with: {_prepare_command(sys.argv, e.data_dir)}")
+  return f"error: {e}"
+
+
+def run(main: Callable[[], None]) -> None:
+  """Runs `main()` as a command line: parses flags (no positional arguments),
+  filters library logs, and turns a UserError into one line and exit 1."""
+
+  def wrapped(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    try:
+      main()
+    except errors.UserError as e:
+      sys.exit(_error_line(e))
+
+  app.run(wrapped, flags_parser=_parse_flags)

@@ -34,12 +34,17 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer_model="",
       seq_len=128,
       packing="wrap",  # 'wrap': concatenate with EOS and cut | 'pad': one document per row
-      segment_masking=False,  # wrap: packed documents do not attend to each other
+      # True: each position is told its document's extent (segment ids;
+      # padding out of loss and attention), so the bound is on
+      # -log p(x | length) and metric names end in '_given_length'.
+      condition_on_length=False,
       # corpus='openwebtext': the last documents held out for validation (MDLM).
       validation_documents=100_000,
       # corpus='markov': a random order-k chain with a known entropy rate.
+      # min_document_length > 0: lengths uniform on min .. document_length.
       markov=dict(alphabet_size=8, order=2, concentration=0.3,
-                  num_documents=2000, document_length=256, seed=0),
+                  num_documents=2000, document_length=256,
+                  min_document_length=0, seed=0),
   )
 
   c.diffusion = dict(

@@ -1,105 +1,115 @@
 """Evaluation: the NELBO bound over a split, as bits per token / byte and perplexity.
 
-  bits_per_token = sum of per-sequence NELBOs / ln 2 / real tokens (EOS included)
-  bits_per_byte  = the same bits / UTF-8 bytes of text the evaluated tokens
+  bits_per_token = sum of per-row NELBOs / ln 2 / tokens (EOS included;
+                   filler after the content is scored but not counted)
+  bits_per_byte  = the same bits / UTF-8 bytes of text the counted tokens
                    stand for (tokenizer.token_bytes; EOS counts 0): bits per
                    character for text8, bytes the tokens cover for subwords
   perplexity     = 2 ** bits_per_token
 
-All are upper bounds (the NELBO bounds -log p). Per-batch sums come off the
-device in float32 and are accumulated on the host in float64.
+All are upper bounds (the NELBO bounds -log p) on the likelihood of the
+documents, their lengths included; with `data.condition_on_length` they bound
+-log p(documents | lengths) and their names end in `_given_length`.
+
+Each `bits_per_*` comes with `bits_per_*_stderr`, the standard error of its
+Monte Carlo estimate. With eval.num_t_samples >= 2 it is computed from each
+row's own spread over its times; with one time per row the spread between
+rows stands in, which overestimates it (rows differ in their true NELBO too).
+NELBOs come off the device in float32 and are summed in float64.
 """
 
-import json
 import math
-import os
 
 import jax
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from diffusion_lm import api, metrics, parallel
+from diffusion_lm import parallel
 from diffusion_lm.data import pipeline
 from diffusion_lm.diffusion import objective
 
 
 def make_eval_step(graphdef, param_shardings, mesh, mask_id: int,
                    num_t_samples: int):
-  """jit(params, batch, key) -> (NELBO nats summed over the batch, real tokens)."""
+  """jit(params, batch, key) -> NELBO estimates in nats, [num_t_samples, B]."""
   def eval_step(params, batch, key):
-    model = nnx.merge(graphdef, params)
-    nats = objective.eval_nelbo_sum(model, batch, key, mask_id, num_t_samples)
-    return nats, batch["weights"].sum()
+    return objective.eval_nelbo(nnx.merge(graphdef, params), batch, key,
+                                mask_id, num_t_samples)
 
-  batch_sharding = parallel.batch_sharding(mesh)
   return jax.jit(
       eval_step,
-      in_shardings=(param_shardings, batch_sharding, parallel.replicated(mesh)),
+      in_shardings=(param_shardings, parallel.batch_sharding(mesh),
+                    parallel.replicated(mesh)),
       out_shardings=parallel.replicated(mesh))
 
 
+def nelbos(eval_step, params, batches, mesh, key) -> np.ndarray:
+  """float64 [K, rows]: the eval step over an iterable of local batches."""
+  out = [eval_step(params, parallel.global_batch(local, mesh),
+                   jax.random.fold_in(key, i))
+         for i, local in enumerate(batches)]
+  return np.concatenate(jax.device_get(out), axis=1).astype(np.float64)
+
+
+def bounds(nelbo_KxN, tokens_N, bytes_N, suffix: str = "") -> dict:
+  """Bits per token / byte, perplexity and standard errors (module doc) of
+  rows with these NELBO estimates (nats) and counts."""
+  k, n = nelbo_KxN.shape
+  row_nats = nelbo_KxN.mean(axis=0)
+  total = row_nats.sum()
+  if k >= 2:
+    variance = np.sum(nelbo_KxN.var(axis=0, ddof=1) / k)
+  else:  # Residuals of the ratio estimator total / tokens, row by row.
+    residual = row_nats - total * tokens_N / tokens_N.sum()
+    variance = np.sum(residual**2) * n / max(n - 1, 1)
+  bits, stderr_bits = total / math.log(2), math.sqrt(variance) / math.log(2)
+  result = {}
+  for unit, count in (("token", tokens_N.sum()), ("byte", bytes_N.sum())):
+    result[f"bits_per_{unit}{suffix}"] = bits / count
+    result[f"bits_per_{unit}{suffix}_stderr"] = stderr_bits / count
+  result[f"perplexity{suffix}"] = 2.0 ** result[f"bits_per_token{suffix}"]
+  return result
+
+
 class EvalSplit:
-  """A split packed once, with its byte count, evaluated as often as needed."""
+  """A split packed once, with its counts, evaluated as often as needed."""
 
   def __init__(self, config, tokenizer, split: str):
     self.name = split
     self.batch_size = config.eval.batch_size
     self.seed = config.eval.seed
-    self.packed = pipeline.pack_split(config, tokenizer, split)
-    tokens, weights = self.packed["tokens"], self.packed["weights"]
-    self.row_bytes = np.array([np.dot(tokenizer.token_bytes[t], w)
-                               for t, w in zip(tokens, weights)], np.float64)
+    self.suffix = "_given_length" if config.data.condition_on_length else ""
+    packed = pipeline.pack_split(config, tokenizer, split)
+    content = packed.pop("content")
+    self.packed = packed
+    self.row_tokens = content.sum(axis=1).astype(np.float64)
+    self.row_bytes = np.array(
+        [tokenizer.token_bytes[t[c]].sum()
+         for t, c in zip(packed["tokens"], content)], np.float64)
+    self.truncated = 0
+    if config.data.packing == "pad" and tokenizer.eos_id is not None:
+      # Documents cut short: full rows that do not end in EOS.
+      self.truncated = int(np.sum(content.all(axis=1) &
+                                  (packed["tokens"][:, -1] != tokenizer.eos_id)))
+    if self.truncated:
+      logging.warning(
+          "%d of the %d documents of the %s split are longer than "
+          "data.seq_len=%d and are cut: the bound covers their first tokens.",
+          self.truncated, len(content), split, config.data.seq_len)
 
   def evaluate(self, eval_step, params, mesh, max_batches: int = 0) -> dict:
     """Bounds over the split (or its first max_batches global batches)."""
-    key = jax.random.PRNGKey(self.seed)
     batches = pipeline.eval_batches(
         self.packed, self.batch_size, process_index=jax.process_index(),
         process_count=jax.process_count())
-    sums = []
-    for i, local in enumerate(batches):
-      if max_batches and i == max_batches:
-        break
-      batch = parallel.global_batch(local, mesh)
-      sums.append(eval_step(params, batch, jax.random.fold_in(key, i)))
-    nats, tokens = np.asarray(jax.device_get(sums), np.float64).sum(axis=0)
-    bits = nats / math.log(2)
-    num_bytes = self.row_bytes[:len(sums) * self.batch_size].sum()
-    return {
-        "bits_per_token": bits / tokens,
-        "bits_per_byte": bits / num_bytes,
-        "perplexity": 2.0 ** (bits / tokens),
-    }
-
-
-def evaluate_checkpoint(workdir: str, config) -> dict:
-  """--mode=eval: bounds of the latest checkpoint on config.eval.split.
-
-  Model, data and tokenizer come from the checkpoint; the eval group and the
-  mesh come from `config`. Results go to <workdir>/eval_<split>.json (written
-  whole, via a temporary file) and to metrics.jsonl.
-  """
-  mesh = parallel.make_mesh(config.mesh)
-  lm = api.load(workdir, mesh=mesh)
-  run_config = lm.config
-  with run_config.unlocked():
-    run_config.eval = config.eval
-  eval_step = make_eval_step(
-      lm.denoiser.graphdef, jax.tree.map(lambda x: x.sharding, lm.params), mesh,
-      lm.tokenizer.mask_id, config.eval.num_t_samples)
-  split = config.eval.split
-  result = EvalSplit(run_config, lm.tokenizer, split).evaluate(
-      eval_step, lm.params, mesh)
-  result = {"step": lm.step, "split": split, **result}
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, f"eval_{split}.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
-  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  writer.write(lm.step, {f"eval/{k}": v for k, v in result.items()
-                         if k not in ("step", "split")})
-  writer.close()
-  logging.info("%s split at step %d: %s", split, lm.step, result)
-  return result
+    if max_batches:
+      batches = (b for i, b in zip(range(max_batches), batches))
+    nelbo_KxN = nelbos(eval_step, params, batches, mesh,
+                       jax.random.PRNGKey(self.seed))
+    n = min(nelbo_KxN.shape[1], len(self.row_tokens))  # Drop filled-up rows.
+    result = bounds(nelbo_KxN[:, :n], self.row_tokens[:n], self.row_bytes[:n],
+                    self.suffix)
+    if self.truncated:
+      result["truncated_documents"] = self.truncated
+    return result

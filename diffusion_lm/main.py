@@ -9,15 +9,15 @@ command again resumes from the workdir's latest checkpoint. Exit status 143
 means SIGTERM stopped training after saving a checkpoint (run it again).
 """
 
+import json
+import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags, logging
 
-from diffusion_lm import cli, errors, parallel
+from diffusion_lm import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (see configs/).", lock_config=True)
+_CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics (local or gs://).")
 _MODE = flags.DEFINE_enum(
@@ -25,27 +25,72 @@ _MODE = flags.DEFINE_enum(
     "train: train, evaluate and sample (resuming if possible); "
     "eval: evaluate the latest checkpoint on config.eval.split.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (TPU pods, clusters).")
+    "multihost", False,
+    "Join a multi-host job with jax.distributed.initialize(): auto-detected on "
+    "TPU pods, SLURM and Open MPI, or from --coordinator, --num_processes and "
+    "--process_id (else $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
+    "$JAX_PROCESS_ID).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "--multihost: HOST:PORT of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "--multihost: the number of processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "--multihost: this process's index, 0 .. N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  cli.no_positional_args(argv)
-  if _MULTIHOST.value:
-    parallel.initialize_multihost()
-  parallel.quiet_library_logs()
-  # Imported here so that --help stays fast.
-  from diffusion_lm import evaluation, train  # pylint: disable=g-import-not-at-top
-  try:
-    if _MODE.value == "eval":
-      evaluation.evaluate_checkpoint(_WORKDIR.value, _CONFIG.value)
-      return
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except errors.UserError as e:
-    sys.exit(f"error: {e}")
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """--mode=eval: bounds of the latest checkpoint on config.eval.split.
+
+  Model, data and tokenizer come from the checkpoint; the eval group and the
+  mesh come from `config`. Results go to <workdir>/eval_<split>.json (written
+  whole, via a temporary file) and to metrics.jsonl.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from diffusion_lm import api, evaluation, metrics, parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(config.mesh)
+  lm = api.load(workdir, mesh=mesh)
+  run_config = lm.config.copy_and_resolve_references()
+  run_config.eval = config.eval
+  eval_step = evaluation.make_eval_step(
+      lm.graphdef, jax.tree.map(lambda x: x.sharding, lm.params), mesh,
+      lm.tokenizer.mask_id, config.eval.num_t_samples)
+  split = config.eval.split
+  result = evaluation.EvalSplit(run_config, lm.tokenizer, split).evaluate(
+      eval_step, lm.params, mesh)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, f"eval_{split}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump({"step": lm.step, "split": split, **result}, f, indent=2)
+    os.replace(path + ".tmp", path)
+  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer.write(lm.step, {f"eval/{k}": v for k, v in result.items()})
+  writer.close()
+  logging.info("%s split at step %d: %s", split, lm.step, result)
+  return result
+
+
+def train_then_sample(config, workdir: str) -> None:
+  """Trains (resuming if possible); then logs samples from the checkpoint."""
+  from diffusion_lm import api, train  # pylint: disable=g-import-not-at-top
+  result = train.train_and_evaluate(config, workdir)
   if result["preempted"]:
     sys.exit(143)
+  if config.sample.num_samples:
+    for i, text in enumerate(api.load(workdir).sample()):
+      logging.info("sample %d:\n%s", i, text)
+
+
+def main():
+  if _MULTIHOST.value:
+    from diffusion_lm import parallel  # pylint: disable=g-import-not-at-top
+    parallel.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value)
+  if _MODE.value == "eval":
+    evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  else:
+    train_then_sample(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -9,8 +9,10 @@ dropped first, so the file reads as one uninterrupted run.
 import json
 import math
 import os
+import time
 
 import jax
+from absl import logging
 from tensorboardX import SummaryWriter
 
 # Dense bf16 peak FLOP/s per chip, matched against jax.Device.device_kind.
@@ -91,6 +93,55 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+class TrainLog:
+  """Train metrics written one step behind, with throughput, MFU and ETA.
+
+  `queue` holds a step's metrics while they are still on the device; the
+  next `flush` (after the following step has been dispatched) fetches and
+  writes them, so logging never stalls the device. Throughput counts the
+  steps and seconds since the last flush or `restart_clock` (evaluation
+  pauses are left out).
+  """
+
+  def __init__(self, writer: MetricWriter, *, start_step: int, total_steps: int,
+               tokens_per_step: int, flops_per_step: float,
+               peak_flops: float | None, learning_rate):
+    self.writer = writer
+    self.total_steps = total_steps
+    self.tokens_per_step = tokens_per_step
+    self.flops_per_step = flops_per_step
+    self.peak_flops = peak_flops  # Of all devices together; None if unknown.
+    self.learning_rate = learning_rate  # step -> learning rate
+    self._pending = None  # (step, metrics on device)
+    self.restart_clock(start_step)
+
+  def restart_clock(self, step: int) -> None:
+    self._clock = (step, time.perf_counter())
+
+  def queue(self, step: int, device_metrics: dict) -> None:
+    self.flush()
+    self._pending = (step, device_metrics)
+
+  def flush(self) -> None:
+    if self._pending is None:
+      return
+    step, logged = self._pending
+    self._pending = None
+    logged = {k: float(v) for k, v in jax.device_get(logged).items()}
+    now = time.perf_counter()
+    steps, seconds = step - self._clock[0], now - self._clock[1]
+    logged["train/learning_rate"] = float(self.learning_rate(step - 1))
+    logged["train/tokens_per_s"] = steps * self.tokens_per_step / seconds
+    if self.peak_flops:
+      logged["train/mfu"] = steps * self.flops_per_step / seconds / self.peak_flops
+    self.writer.write(step, logged)
+    logging.info("step %d/%d | loss %.4f | %.0f tokens/s | ETA %.0fs", step,
+                 self.total_steps, logged["train/loss"],
+                 logged["train/tokens_per_s"],
+                 (self.total_steps - step) * seconds / steps)
+    self._clock = (step, now)
 
 
 def read_jsonl(workdir: str) -> list[dict]:

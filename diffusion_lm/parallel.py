@@ -7,13 +7,11 @@ name their dimensions logically (`embed`, `mlp`, `vocab`, ...); the rules in
 axis does not divide evenly stays replicated.
 """
 
-import logging as std_logging
 import os
 from collections.abc import Sequence
 
 import jax
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -23,25 +21,25 @@ MESH_AXES = ("data", "fsdp")
 BATCH = ("data", "fsdp")  # The batch dimension is split over every device.
 
 
-def quiet_library_logs() -> None:
-  """INFO lines from diffusion_lm only; other libraries (orbax, TFDS, grain)
-  keep their warnings and errors."""
+def initialize_multihost(coordinator: str | None = None,
+                         num_processes: int | None = None,
+                         process_id: int | None = None) -> None:
+  """Joins this process to a multi-host job, once.
 
-  def keep(record) -> bool:
-    if f"{os.sep}diffusion_lm{os.sep}" in record.pathname:
-      return True
-    # TFDS warns whenever a builder is given its config object, as ours are.
-    return (record.levelno >= std_logging.WARNING and
-            not record.getMessage().startswith("Using custom data configuration"))
-
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().python_handler.addFilter(keep)
-
-
-def initialize_multihost() -> None:
-  """Joins this process to a multi-host job (TPU pod, SLURM, ...), once."""
-  if not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  Values not given come from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES
+  and $JAX_PROCESS_ID; what is still missing jax.distributed detects (TPU
+  pods, SLURM, Open MPI).
+  """
+  if jax.distributed.is_initialized():
+    return
+  env = os.environ
+  coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
+  if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+    num_processes = int(env["JAX_NUM_PROCESSES"])
+  if process_id is None and env.get("JAX_PROCESS_ID"):
+    process_id = int(env["JAX_PROCESS_ID"])
+  jax.distributed.initialize(coordinator_address=coordinator,
+                             num_processes=num_processes, process_id=process_id)
 
 
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None):

@@ -9,12 +9,11 @@ config's `sample` defaults. --output writes one JSON object per sample
 
 import json
 import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from diffusion_lm import cli
+from diffusion_lm import cli, errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Number of samples.")
@@ -31,21 +30,17 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write samples here as JSONL.")
 flags.mark_flag_as_required("workdir")
 
 
-def main(argv):
-  cli.no_positional_args(argv)
+def main():
   if not os.path.isdir(_WORKDIR.value):
-    sys.exit(f"error: --workdir={_WORKDIR.value} does not exist")
-  from diffusion_lm import api, errors  # pylint: disable=g-import-not-at-top
+    raise errors.UserError(f"--workdir={_WORKDIR.value} does not exist")
+  from diffusion_lm import api  # pylint: disable=g-import-not-at-top
   options = dict(steps=_STEPS.value, sampler=_SAMPLER.value,
                  temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
                  float64=_FLOAT64.value)
   start = time.perf_counter()
-  try:
-    lm = api.load(_WORKDIR.value)
-    texts = lm.sample(_NUM_SAMPLES.value, length=_LENGTH.value,
-                      prompt=_PROMPT.value, seed=_SEED.value, **options)
-  except errors.UserError as e:
-    sys.exit(f"error: {e}")
+  lm = api.load(_WORKDIR.value)
+  texts = lm.sample(_NUM_SAMPLES.value, length=_LENGTH.value,
+                    prompt=_PROMPT.value, seed=_SEED.value, **options)
   seconds = time.perf_counter() - start
   for i, text in enumerate(texts):
     print(f"--- sample {i} (step {lm.step}) ---\n{text}")
@@ -60,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import signal
 import threading
-import time
 from collections.abc import Callable
 
 import jax
@@ -18,9 +17,9 @@ import optax
 from absl import logging
 from flax import nnx
 
-from diffusion_lm import (api, checkpoints, errors, evaluation, metrics, models,
+from diffusion_lm import (checkpoints, errors, evaluation, metrics, models,
                           parallel)
-from diffusion_lm.data import pipeline, tokenizers
+from diffusion_lm.data import corpora, pipeline, tokenizers
 from diffusion_lm.diffusion import objective, schedules
 
 
@@ -140,7 +139,8 @@ def build(config, tokenizer, mesh) -> Training:
   if slices < 1 or batch % slices:
     raise errors.UserError(f"train.batch_slices={slices} must be a positive "
                            f"divisor of train.batch_size={batch}")
-  model_cfg = models.model_config(config, tokenizer)
+  model_cfg = models.TransformerConfig.from_config(config.model,
+                                                   tokenizer.vocab_size)
   graphdef, abstract_model_state = models.abstract_model(model_cfg)
   param_shardings = parallel.state_shardings(abstract_model_state,
                                              config.mesh.rules, mesh)
@@ -166,10 +166,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   The result has `preempted=True` when SIGTERM stopped the run early.
   """
   # ------------------------------------------------------------------ Setup
-  tokenizer = tokenizers.from_config(config.data)
+  tokenizer = tokenizers.from_config(config.data,
+                                     corpora.prepared_dir(config.data))
   mesh = parallel.make_mesh(config.mesh)
   training = build(config, tokenizer, mesh)
-  eval_params = "ema" if config.train.ema_decay > 0 else "params"
+  eval_name = checkpoints.eval_params_name(config.train)
   eval_step = evaluation.make_eval_step(training.graphdef,
                                         training.param_shardings, mesh,
                                         tokenizer.mask_id,
@@ -192,51 +193,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                             training.state_target, train_iter)
   else:
     state = training.init()
-  num_params = models.count_params(state["params"])
   tokens_per_step = config.train.batch_size * config.data.seq_len
-  flops_per_step = tokens_per_step * metrics.train_flops_per_token(
-      training.model_cfg, config.data.seq_len)
   peak = metrics.peak_flops_per_device(jax.devices()[0])
   writer = metrics.MetricWriter(workdir, resume_step=start_step,
                                 enabled=jax.process_index() == 0)
+  log = metrics.TrainLog(
+      writer, start_step=start_step, total_steps=config.train.steps,
+      tokens_per_step=tokens_per_step,
+      flops_per_step=tokens_per_step * metrics.train_flops_per_token(
+          training.model_cfg, config.data.seq_len),
+      peak_flops=peak and peak * jax.device_count(),
+      learning_rate=learning_rate_schedule(config.train))
   logging.info("Model: %d parameters; mesh %s; %d steps of %d tokens.",
-               num_params, dict(mesh.shape), config.train.steps, tokens_per_step)
-  lr_at = learning_rate_schedule(config.train)
+               models.count_params(state["params"]), dict(mesh.shape),
+               config.train.steps, tokens_per_step)
 
   def save(step):
+    log.flush()  # Metrics up to a checkpoint are on disk before it.
     if mngr.latest_step() != step:
       checkpoints.save(mngr, step, state, train_iter, config, tokenizer)
 
   # ------------------------------------------------------------------- Loop
   step = start_step
-  pending = None  # (step, metrics on device), written once the next step is queued.
-  timer = (step, time.perf_counter())  # Throughput since this (step, time).
-
-  def flush():
-    nonlocal pending, timer
-    if pending is None:
-      return
-    logged_step, logged = pending
-    logged = {k: float(v) for k, v in jax.device_get(logged).items()}
-    now = time.perf_counter()
-    steps_done, seconds = logged_step - timer[0], now - timer[1]
-    logged["train/learning_rate"] = float(lr_at(logged_step - 1))
-    logged["train/tokens_per_s"] = steps_done * tokens_per_step / seconds
-    if peak:
-      logged["train/mfu"] = (steps_done * flops_per_step / seconds
-                             / (peak * jax.device_count()))
-    writer.write(logged_step, logged)
-    logging.info("step %d/%d | loss %.4f | %.0f tokens/s | ETA %.0fs",
-                 logged_step, config.train.steps, logged["train/loss"],
-                 logged["train/tokens_per_s"],
-                 (config.train.steps - logged_step) * seconds / steps_done)
-    pending, timer = None, (logged_step, now)
-
   with _StopOnSigterm() as stop:
     while step < config.train.steps:
       if stop.requested.is_set() or mngr.reached_preemption(step):
         logging.warning("Preempted: saving the checkpoint at step %d.", step)
-        flush()
         save(step)
         mngr.wait_until_finished()
         writer.close()
@@ -244,35 +226,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
       batch = parallel.global_batch(next(train_iter), mesh)
       state, step_metrics = training.step(state, batch)
       step += 1
-      flush()
+      log.flush()  # The previous step's, now that this one is queued.
       last = step == config.train.steps
       if step % config.train.log_every == 0 or last:
-        pending = (step, step_metrics)
+        log.queue(step, step_metrics)
       if step % config.train.eval_every == 0 or last:
-        flush()
-        result = validation.evaluate(eval_step, state[eval_params], mesh,
+        log.flush()
+        result = validation.evaluate(eval_step, state[eval_name], mesh,
                                      config.eval.batches_during_training)
         writer.write(step, {f"validation/{k}": v for k, v in result.items()})
-        logging.info("step %d | validation %.4f bits/byte", step,
-                     result["bits_per_byte"])
-        timer = (step, time.perf_counter())
+        logging.info("step %d | validation %s", step, _summary(result))
+        log.restart_clock(step)
       if step % config.train.checkpoint_every == 0 or last:
-        flush()  # Metrics up to a checkpoint are on disk before it.
         save(step)
-    flush()
+    log.flush()
     mngr.wait_until_finished()
 
   # ------------------------------------------------------- Final evaluation
   test = evaluation.EvalSplit(config, tokenizer, config.eval.split)
-  result = test.evaluate(eval_step, state[eval_params], mesh)
+  result = test.evaluate(eval_step, state[eval_name], mesh)
   writer.write(step, {f"eval/{k}": v for k, v in result.items()})
   writer.close()
-  logging.info("%s split: %.4f bits/byte, %.4f bits/token, perplexity %.3f",
-               config.eval.split, result["bits_per_byte"],
-               result["bits_per_token"], result["perplexity"])
-
-  if config.sample.num_samples:
-    lm = api.DiffusionLM(training.graphdef, state[eval_params], config, tokenizer)
-    for i, text in enumerate(lm.sample()):
-      logging.info("sample %d:\n%s", i, text)
+  logging.info("%s split: %s", config.eval.split, _summary(result))
   return {"step": step, "preempted": False, **result}
+
+
+def _summary(result: dict) -> str:
+  """'3.4621 +- 0.0012 bits/byte, ...' of evaluation.bounds' result."""
+  parts = []
+  for key, value in result.items():
+    if key.startswith("bits_per_") and not key.endswith("_stderr"):
+      unit = key[len("bits_per_"):].replace("_given_length", " given length")
+      parts.append(f"{value:.4f} +- {result[key + '_stderr']:.4f} bits/{unit}")
+    elif key.startswith("perplexity"):
+      parts.append(f"perplexity {value:.3f}")
+  return ", ".join(parts)

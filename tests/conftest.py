@@ -40,15 +40,19 @@ def data_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("tfds"))
 
 
-@pytest.fixture()
-def tiny_config(corpus_glob, data_dir):
+def load_tiny_config(data_dir, files: str = ""):
+  """tests/tiny_config.py's config with these data.data_dir and data.files."""
   sys.path.insert(0, str(REPO / "tests"))
   import tiny_config  # pylint: disable=g-import-not-at-top
   sys.path.pop(0)
   config = tiny_config.get_config()
-  config.data.files = corpus_glob
-  config.data.data_dir = data_dir
+  config.data.update(data_dir=str(data_dir), files=files)
   return config
+
+
+@pytest.fixture()
+def tiny_config(corpus_glob, data_dir):
+  return load_tiny_config(data_dir, corpus_glob)
 
 
 def config_flags(corpus_glob: str, data_dir: str, **overrides) -> list[str]:

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import TINY_CONFIG, run_module
+from conftest import TINY_CONFIG, load_tiny_config, run_module
 from fixtures import (LM1B_HELDOUT, LM1B_ROOT, LM1B_TRAIN, add_file,
                       write_lm1b_archive, write_owt_texts, write_text8_zip)
 
 from diffusion_lm import errors
-from diffusion_lm.data import corpora, lm1b, markov, openwebtext, text8
+from diffusion_lm.data import builder_base, corpora, lm1b, markov, openwebtext, text8
 
 
 def prepared(builder, manual_dir=None):
@@ -44,6 +44,7 @@ def documents(builder, split) -> list[tuple[str, bytes]]:
 # ---------------------------------------------------------------- markov
 
 SMALL_CHAIN = dict(alphabet_size=3, order=2, concentration=0.5,
+                   min_document_length=0,
                    num_documents=300, document_length=120, seed=3)
 
 
@@ -99,6 +100,33 @@ def test_markov_document_entropy_equals_enumeration_of_all_documents(
       entropy, rel=1e-9)
 
 
+def test_markov_variable_lengths_match_enumeration_of_all_documents():
+  # Bugs caught: a wrong length term in the entropy, or a wrong state update
+  # or initial term in document_log2_probs (the truth bounds are tested on).
+  params = dict(SMALL_CHAIN, alphabet_size=3, order=2, document_length=5,
+                min_document_length=3)
+  p = markov.transition_matrix(params)
+  pi = stationary_by_power(p, 2)
+  docs, probs = [], []
+  for length in (3, 4, 5):
+    for doc in itertools.product(range(3), repeat=length):
+      state, prob = doc[0] * 3 + doc[1], 1 / 3
+      prob *= pi[state]
+      for sym in doc[2:]:
+        prob *= p[state, sym]
+        state = (state % 3) * 3 + sym
+      docs.append(doc)
+      probs.append(prob)
+  probs = np.array(probs)
+  assert probs.sum() == pytest.approx(1.0)
+  np.testing.assert_allclose(markov.document_log2_probs(params, docs),
+                             -np.log2(probs), rtol=1e-9)
+  assert markov.entropy_bits(params)["document_entropy_bits"] == pytest.approx(
+      -(probs * np.log2(probs)).sum(), rel=1e-9)
+  with pytest.raises(ValueError, match="not a document of this corpus"):
+    markov.document_log2_probs(params, [(0, 1)])  # Shorter than the minimum.
+
+
 @pytest.fixture(scope="module")
 def markov_builder(tmp_path_factory):
   config = load_tiny_config(tmp_path_factory.mktemp("tfds_markov"))
@@ -107,19 +135,10 @@ def markov_builder(tmp_path_factory):
   return corpora.builder(config.data)  # Prepared on first use.
 
 
-def load_tiny_config(data_dir):
-  sys.path.insert(0, os.path.dirname(TINY_CONFIG))
-  import tiny_config  # pylint: disable=g-import-not-at-top
-  sys.path.pop(0)
-  config = tiny_config.get_config()
-  config.data.data_dir = str(data_dir)
-  return config
-
-
 def test_markov_splits_hold_90_5_5_of_the_documents(markov_builder):
-  sizes = {s: len(markov_builder.as_data_source(s)) for s in corpora.SPLITS}
+  sizes = {s: len(markov_builder.as_data_source(s)) for s in builder_base.SPLITS}
   assert sizes == {"train": 270, "validation": 15, "test": 15}
-  paths = [p for s in corpora.SPLITS for p, _ in documents(markov_builder, s)]
+  paths = [p for s in builder_base.SPLITS for p, _ in documents(markov_builder, s)]
   assert sorted(paths) == [f"doc{i:07d}" for i in range(300)]
   assert markov.split_ranges(3) == {"train": range(0, 1), "validation": range(1, 2),
                                     "test": range(2, 3)}
@@ -129,7 +148,7 @@ def test_markov_documents_follow_the_chain(markov_builder):
   a, k = SMALL_CHAIN["alphabet_size"], SMALL_CHAIN["order"]
   p = markov.transition_matrix(SMALL_CHAIN)
   pi = stationary_by_power(p, k)
-  texts = [t for s in corpora.SPLITS for _, t in documents(markov_builder, s)]
+  texts = [t for s in builder_base.SPLITS for _, t in documents(markov_builder, s)]
   docs = np.frombuffer(b"".join(texts), np.uint8).reshape(len(texts), -1) - ord("a")
   assert docs.shape == (300, SMALL_CHAIN["document_length"]) and docs.max() < a
   states = docs[:, :-1] * a + docs[:, 1:]  # k = 2: every window of two symbols.
@@ -154,7 +173,8 @@ def test_markov_metadata_round_trips_and_config_name_has_every_parameter(
   assert reloaded.is_prepared() and dict(reloaded.info.metadata) == pytest.approx(expected)
   assert markov_builder.builder_config.name == "a3_k2_c0p5_docs300_len120_seed3"
   changed = [dict(SMALL_CHAIN, **{field: SMALL_CHAIN[field] + 1})
-             for field in markov.FIELDS]
+             for field in markov.FIELDS if field != "min_document_length"]
+  changed.append(dict(SMALL_CHAIN, min_document_length=2))
   names = {markov.MarkovConfig(params).name for params in [SMALL_CHAIN] + changed}
   assert len(names) == 1 + len(markov.FIELDS)
 
@@ -349,20 +369,31 @@ def test_unknown_corpus_names_the_choices(tmp_path):
     corpora.builder(config.data)
 
 
-@pytest.mark.parametrize("corpus,recipe", [("text8", "text8"), ("lm1b", "lm1b"),
-                                           ("openwebtext", "owt")])
-def test_unprepared_download_gives_the_command_that_prepares_it(tmp_path, corpus, recipe):
+@pytest.mark.parametrize("corpus", ["text8", "lm1b", "openwebtext"])
+def test_unprepared_download_is_refused_without_writing(tmp_path, corpus):
+  # Bug caught: an unprepared download started (or files written) by a run.
   config = load_tiny_config(tmp_path)
   config.data.corpus = corpus
-  command = (f"python -m diffusion_lm.data.prepare --config=configs/{recipe}.py "
-             f"--config.data.data_dir={tmp_path}")
-  if corpus == "openwebtext":
-    command += " --config.data.validation_documents=100000"
-  with pytest.raises(errors.UserError) as error:
+  with pytest.raises(errors.NotPrepared) as error:
     corpora.builder(config.data)
-  assert str(error.value) == (f"data.corpus={corpus!r} is not prepared in "
-                              f"{tmp_path}; prepare it with: {command}")
+  assert (error.value.corpus, error.value.data_dir) == (corpus, str(tmp_path))
   assert not os.listdir(tmp_path)  # Nothing was downloaded or written.
+
+
+def test_command_lines_print_the_prepare_command_for_their_flags(tmp_path):
+  # Bug caught: a prepare command that drops the user's --config or its
+  # data overrides (the openwebtext builder depends on validation_documents).
+  flags = [f"--config={TINY_CONFIG}", "--config.data.corpus=openwebtext",
+           "--config.data.validation_documents=7",
+           f"--config.data.data_dir={tmp_path}"]
+  result = run_module("diffusion_lm.main", *flags, "--config.train.steps=2",
+                      f"--workdir={tmp_path / 'run'}", check=False)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: data.corpus='openwebtext' is not prepared in {tmp_path}; "
+      f"prepare it with: python -m diffusion_lm.data.prepare {flags[0]} "
+      f"{flags[1]} {flags[2]} --config.train.steps=2 "
+      f"--config.data.data_dir={tmp_path}")
 
 
 def test_prepare_cli_prepares_text8_from_a_manual_dir(tmp_path):

@@ -2,15 +2,17 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from diffusion_lm import models
+from diffusion_lm import errors, models
 from diffusion_lm.models.transformer import Transformer, TransformerConfig
 
 CFG = TransformerConfig(vocab_size=11, num_layers=2, num_heads=2, head_dim=8,
-                        embed_dim=16, mlp_dim=32)
+                        embed_dim=16, mlp_dim=32, time_conditioning=False,
+                        dtype="float32", rope_base=10_000.0, attention_impl="")
 
 
 def randomised(cfg, seed=0):
@@ -36,14 +38,25 @@ def test_fresh_model_predicts_uniformly():
   np.testing.assert_allclose(model(TOKENS), 0.0)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_attention_direction(causal):
-  model = randomised(TransformerConfig(**{**CFG.__dict__, "causal": causal}))
+def test_attention_is_bidirectional():
+  # Bug caught: a causal (or otherwise one-sided) mask in the denoiser.
+  model = randomised(CFG)
   changed = TOKENS.at[0, -1].set(7)
-  before = np.asarray(model(TOKENS))[0, :-1]
-  after = np.asarray(model(changed))[0, :-1]
-  # Earlier positions see the last token only without the causal mask.
-  assert np.allclose(before, after) == causal
+  assert not np.allclose(np.asarray(model(TOKENS))[0, 0],
+                         np.asarray(model(changed))[0, 0])
+
+
+def test_model_config_takes_exactly_the_config_fields():
+  # Bug caught: a second set of defaults filling in a missing field, or an
+  # unknown (misspelt) field ignored.
+  model_config = ml_collections.ConfigDict(
+      {k: v for k, v in CFG.__dict__.items() if k != "vocab_size"})
+  assert TransformerConfig.from_config(model_config, 11) == CFG
+  del model_config["rope_base"]
+  model_config.rope = 1.0
+  with pytest.raises(errors.UserError, match=r"missing \['rope_base'\], "
+                     r"unknown \['rope'\]"):
+    TransformerConfig.from_config(model_config, 11)
 
 
 def test_segment_ids_make_a_packed_row_equal_its_documents_alone():

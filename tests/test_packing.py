@@ -58,30 +58,55 @@ def split_documents(config):
           for ex in pipeline.source(config.data, "train")]
 
 
-def test_pad_mode_puts_one_truncated_or_padded_document_per_row(tiny_config):
+def test_pad_mode_fills_rows_with_scored_eos(tiny_config):
+  # Bug caught: filler left out of the loss or of attention, which tells the
+  # model each document's length for free (a bound on -log p(x | length)).
   docs = split_documents(tiny_config)
   seq_len = int(np.median([len(d) for d in docs]))  # Some truncated, some padded.
   tiny_config.data.update(packing="pad", seq_len=seq_len)
   rows = pipeline.pack_split(tiny_config, TOKENIZER, "train")
-  assert len(rows["tokens"]) == len(docs)
-  for doc, tokens, weights, segments in zip(
-      docs, rows["tokens"], rows["weights"], rows["segment_ids"]):
+  assert len(rows["tokens"]) == len(docs) and "segment_ids" not in rows
+  for doc, tokens, weights, content in zip(
+      docs, rows["tokens"], rows["weights"], rows["content"]):
     n = min(len(doc), seq_len)
     np.testing.assert_array_equal(tokens[:n], doc[:n])
-    np.testing.assert_array_equal(weights, np.arange(seq_len) < n)
-    np.testing.assert_array_equal(segments, weights)  # Padding is segment 0.
+    np.testing.assert_array_equal(tokens[n:], TOKENIZER.eos_id)
+    np.testing.assert_array_equal(weights, 1.0)  # Filler is scored too.
+    np.testing.assert_array_equal(content, np.arange(seq_len) < n)
 
 
-def test_wrap_mode_carries_segment_ids_only_with_segment_masking(tiny_config):
+def test_length_conditional_pad_mode_hides_the_filler(tiny_config):
+  # Bug caught: condition_on_length not reaching the rows (no segment ids, or
+  # filler in the loss), so the `_given_length` numbers would be mislabelled.
+  docs = split_documents(tiny_config)
+  tiny_config.data.update(packing="pad", seq_len=64, condition_on_length=True)
+  rows = pipeline.pack_split(tiny_config, TOKENIZER, "train")
+  for doc, weights, segments in zip(docs, rows["weights"], rows["segment_ids"]):
+    n = min(len(doc), 64)
+    np.testing.assert_array_equal(weights, np.arange(64) < n)
+    np.testing.assert_array_equal(segments, weights)  # Filler is segment 0.
+
+
+def test_pad_mode_needs_eos_unless_length_conditional(tiny_config):
+  # Bug caught: a tokenizer without EOS silently filling rows with id 0.
+  tiny_config.data.update(packing="pad", tokenizer="char")
+  with pytest.raises(errors.UserError, match="data.packing='pad' fills rows "
+                     "with EOS, which data.tokenizer='char' lacks"):
+    pipeline.pack_split(tiny_config, tokenizers.CharTokenizer(), "train")
+
+
+def test_wrap_mode_carries_segment_ids_only_when_length_conditional(tiny_config):
+  # Bug caught: segment ids (document extents) reaching the default model.
   plain = pipeline.pack_split(tiny_config, TOKENIZER, "train")
   assert "segment_ids" not in plain
-  tiny_config.data.segment_masking = True
+  tiny_config.data.condition_on_length = True
   rows = pipeline.pack_split(tiny_config, TOKENIZER, "train")
-  np.testing.assert_array_equal(rows["tokens"], plain["tokens"])
+  content = rows["weights"] > 0
+  np.testing.assert_array_equal(rows["tokens"][content], plain["tokens"][content])
   # A new segment starts right after every EOS that is not a row's last token.
   eos = rows["tokens"][:, :-1] == TOKENIZER.eos_id
   steps = np.diff(rows["segment_ids"], axis=1)
-  real = rows["weights"][:, 1:] > 0
+  real = content[:, 1:]
   np.testing.assert_array_equal(steps[real] == 1, eos[real])
 
 

@@ -39,7 +39,7 @@ def train_tiny(config, workdir) -> dict:
   result = train.train_and_evaluate(config, str(workdir))
   assert result["step"] == config.train.steps and not result["preempted"]
   saved = api.load(str(workdir)).tokenizer
-  assert saved.to_json() == tokenizers.from_config(config.data).to_json()
+  assert saved.to_json() == tokenizers.from_config(config.data, corpora.prepared_dir(config.data)).to_json()
   return result
 
 
@@ -56,22 +56,25 @@ def test_text8_tiny_reports_bits_per_character(tmp_path):
 def test_lm1b_tiny_pads_sentences_and_counts_their_kept_bytes(tmp_path):
   write_lm1b_archive(tmp_path / "manual", {
       f"{LM1B_TRAIN}/news.en-00001-of-00100": sentences(300, seed=0),
-      f"{LM1B_HELDOUT}/news.en.heldout-00000-of-00050": sentences(30, seed=1)})
+      f"{LM1B_HELDOUT}/news.en.heldout-00000-of-00050":
+          sentences(30, seed=1) + [" ".join(sentences(8, seed=2))]})  # Cut.
   config = tiny_recipe("lm1b", tmp_path / "tfds")
   assert config.data.packing == "pad"
   corpora.prepare(config.data, manual_dir=str(tmp_path / "manual"))
   with_sentencepiece(config, vocab_size=320)
   result = train_tiny(config, tmp_path / "run")
 
-  tokenizer = tokenizers.from_config(config.data)
-  tokens = num_bytes = 0
+  tokenizer = tokenizers.from_config(config.data, corpora.prepared_dir(config.data))
+  tokens = num_bytes = truncated = 0
   for example in pipeline.source(config.data, "test"):
     ids = np.append(tokenizer.encode(example["text"]), tokenizer.eos_id)
     kept = ids[:config.data.seq_len]  # One sentence per row, truncated.
     tokens += len(kept)
     num_bytes += tokenizer.token_bytes[kept].sum()
+    truncated += len(ids) > config.data.seq_len
   assert result["bits_per_byte"] == pytest.approx(
       result["bits_per_token"] * tokens / num_bytes, rel=1e-9)
+  assert truncated and result["truncated_documents"] == truncated
 
 
 def test_openwebtext_tiny_wraps_documents_and_counts_every_byte(tmp_path):
@@ -85,7 +88,7 @@ def test_openwebtext_tiny_wraps_documents_and_counts_every_byte(tmp_path):
   with_sentencepiece(config, vocab_size=320)
   result = train_tiny(config, tmp_path / "run")
 
-  tokenizer = tokenizers.from_config(config.data)
+  tokenizer = tokenizers.from_config(config.data, corpora.prepared_dir(config.data))
   docs = [ex["text"] for ex in pipeline.source(config.data, "validation")]
   assert len(docs) == 4
   tokens = sum(len(tokenizer.encode(d)) + 1 for d in docs)  # + EOS each.

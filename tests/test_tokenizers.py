@@ -147,12 +147,25 @@ def test_sentencepiece_json_is_self_contained(trained, spm_tokenizer, tmp_path):
   np.testing.assert_array_equal(rebuilt.token_bytes, spm_tokenizer.token_bytes)
 
 
-def test_from_config_resolves_the_model_against_the_data_dir(
+def from_config(config):
+  return tokenizers.from_config(config, corpora.prepared_dir(config))
+
+
+def test_from_config_resolves_the_model_against_the_corpus_dir(
     trained, spm_tokenizer, corpus_glob, data_dir):
+  # Bug caught: a relative model path read from the working directory, or an
+  # absolute one joined to the corpus directory.
   for model in ("spm_unigram_300.model", trained[0]):
-    tok = tokenizers.from_config(data_config(corpus_glob, data_dir,
-                                             tokenizer_model=model))
+    tok = from_config(data_config(corpus_glob, data_dir, tokenizer_model=model))
     assert tok.encode(UNSEEN).tolist() == spm_tokenizer.encode(UNSEEN).tolist()
+
+
+def test_building_a_tokenizer_prepares_no_corpus(corpus_glob, tmp_path):
+  # Bug caught: tokenizers reaching into the data layer and preparing it.
+  config = data_config(corpus_glob, str(tmp_path), tokenizer_model="x.model")
+  with pytest.raises(errors.UserError, match="no file"):
+    from_config(config)
+  assert not os.listdir(tmp_path)
 
 
 def test_from_config_errors_name_the_field_or_file(trained, corpus_glob, data_dir):
@@ -160,17 +173,17 @@ def test_from_config_errors_name_the_field_or_file(trained, corpus_glob, data_di
   with pytest.raises(errors.UserError, match=(
       f"data.tokenizer_model='nope.model': no file {missing}; train one with "
       "python -m diffusion_lm.data.train_tokenizer")):
-    tokenizers.from_config(data_config(corpus_glob, data_dir,
+    from_config(data_config(corpus_glob, data_dir,
                                        tokenizer_model="nope.model"))
   with pytest.raises(errors.UserError, match="needs data.tokenizer_model"):
-    tokenizers.from_config(data_config(corpus_glob, data_dir))
+    from_config(data_config(corpus_glob, data_dir))
   with pytest.raises(errors.UserError,
                      match="only read by data.tokenizer='sentencepiece'"):
-    tokenizers.from_config(data_config(corpus_glob, data_dir, tokenizer="byte",
+    from_config(data_config(corpus_glob, data_dir, tokenizer="byte",
                                        tokenizer_model="x.model"))
   with pytest.raises(errors.UserError, match="data.tokenizer='bpe' is not one of"):
-    tokenizers.from_config(data_config(corpus_glob, data_dir, tokenizer="bpe"))
-  assert isinstance(tokenizers.from_config(data_config(
+    from_config(data_config(corpus_glob, data_dir, tokenizer="bpe"))
+  assert isinstance(from_config(data_config(
       corpus_glob, data_dir, tokenizer="char")), tokenizers.CharTokenizer)
 
 

@@ -25,7 +25,7 @@ import io
 import posixpath
 
 from diffusion_lm import errors
-from diffusion_lm.data import corpora
+from diffusion_lm.data import builder_base
 
 URL = ("http://www.statmt.org/lm-benchmark/"
        "1-billion-word-language-modeling-benchmark-r13output.tar.gz")
@@ -36,21 +36,21 @@ SPLIT_SHARDS = {"train": TRAIN_SHARDS, "validation": TEST_SHARDS,
                 "test": TEST_SHARDS}
 
 
-class Lm1b(corpora.DocumentBuilder, skip_registration=True):
+class Lm1b(builder_base.DocumentBuilder, skip_registration=True):
   """One Billion Word sentences; train and test as in TFDS, validation = test."""
 
   DOWNLOADS = True
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"Optional: {URL.rsplit('/', 1)[-1]} from {URL}."
 
   def _split_generators(self, dl_manager):
-    archive = corpora.manual_or_download(dl_manager, URL)
+    archive = builder_base.manual_or_download(dl_manager, URL)
     return {split: self._generate_examples(archive, pattern)
             for split, pattern in SPLIT_SHARDS.items()}
 
   def _generate_examples(self, archive, pattern):
     num_shards = 0
     with archive.open("rb") as f:
-      for name, member in corpora.tar_members(f):
+      for name, member in builder_base.tar_members(f):
         if not fnmatch.fnmatchcase(name, pattern):
           continue
         num_shards += 1

@@ -4,9 +4,12 @@ The chain (`data.markov`): `alphabet_size` symbols written as the letters
 'a', 'b', ... (one byte-tokenizer token each); each symbol depends on the
 `order` = k symbols before it. The transition rows P(. | s), one for each
 k-tuple s, are drawn from Dirichlet(concentration) by numpy's
-default_rng(seed). A document is `document_length` = n symbols whose first k
-come from the chain's stationary distribution pi over k-tuples, so the
-process is stationary: every window of k symbols is distributed as pi.
+default_rng(seed). A document is n symbols whose first k come from the
+chain's stationary distribution pi over k-tuples, so the process is
+stationary: every window of k symbols is distributed as pi. Its length n is
+`document_length`, or, when `min_document_length` > 0, uniform on
+min_document_length .. document_length (drawn after the symbols, each
+document the prefix of a full-length draw).
 
 Exact entropies, in bits (`entropy_bits`, computed without preparing anything,
 and stored with the parameters in the prepared dataset's metadata,
@@ -14,6 +17,10 @@ and stored with the parameters in the prepared dataset's metadata,
 
   entropy rate       H = -sum_s pi(s) sum_a P(a|s) log2 P(a|s)
   whole document     H(X_1..X_n) = H(X_1..X_k) + (n - k) H,  H(X_1..X_k) = H(pi)
+  random length n    H(n, X_1..X_n) = log2(#lengths) + H(pi) + (E[n] - k) H
+
+`document_log2_probs` gives the exact -log2 p(document, its length) of given
+documents: the truth their bound is measured against.
 
 Splits: documents are independent, so the first ~90% are train, the next ~5%
 validation and the last ~5% test (at least one document each). The builder
@@ -21,15 +28,16 @@ config name encodes every parameter; the corpus is prepared on first use.
 """
 
 from collections.abc import Mapping
+import math
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from diffusion_lm import errors
-from diffusion_lm.data import corpora
+from diffusion_lm.data import builder_base
 
 FIELDS = ("alphabet_size", "order", "concentration", "num_documents",
-          "document_length", "seed")
+          "document_length", "min_document_length", "seed")
 MAX_STATES = 4096  # alphabet_size**order: the stationary solve is dense.
 _HELD_OUT_FRACTION = 0.05  # Of the documents, for each of validation and test.
 
@@ -48,6 +56,10 @@ def checked_params(params: Mapping) -> dict:
       (p["num_documents"] < 3, "num_documents",
        "at least 3 (validation and test hold out one each)"),
       (p["document_length"] < k, "document_length", "at least order"),
+      (p["min_document_length"] and not
+       k <= p["min_document_length"] <= p["document_length"],
+       "min_document_length", "0 (fixed length) or between order and "
+       "document_length"),
       (p["seed"] < 0, "seed", "non-negative"),
   ]
   for bad, field, expected in problems:
@@ -115,14 +127,46 @@ def entropy_bits(params: Mapping) -> dict:
   pi = stationary_distribution(transitions, p["order"])
   rate = float(pi @ _entropy_terms(transitions).sum(axis=1))
   initial = float(_entropy_terms(pi).sum())
+  lengths = _lengths(p)
   return {"entropy_rate_bits": rate, "initial_entropy_bits": initial,
-          "document_entropy_bits":
-              initial + (p["document_length"] - p["order"]) * rate}
+          "document_entropy_bits": math.log2(len(lengths)) + initial
+                                   + (np.mean(lengths) - p["order"]) * rate}
+
+
+def _lengths(p: dict) -> range:
+  """The document lengths, equally likely."""
+  return range(p["min_document_length"] or p["document_length"],
+               p["document_length"] + 1)
+
+
+def document_log2_probs(params: Mapping, docs) -> np.ndarray:
+  """-log2 p(document and its length) under the chain, for each of `docs`
+  (sequences of symbols 0 .. alphabet_size - 1, or the corpus's letters)."""
+  p = checked_params(params)
+  a, k = p["alphabet_size"], p["order"]
+  transitions = _draw_chain(p)[1]
+  log2_pi = np.log2(stationary_distribution(transitions, k))
+  log2_t = np.log2(transitions)
+  lengths = _lengths(p)
+  bits = []
+  for doc in docs:
+    x = np.frombuffer(doc, np.uint8) - ord("a") if isinstance(doc, bytes) else (
+        np.asarray(doc, np.int64))
+    if len(x) not in lengths or x.min() < 0 or x.max() >= a:
+      raise ValueError(f"not a document of this corpus: {doc!r}")
+    state = int(np.polyval(x[:k], a))  # Oldest symbol first.
+    total = -log2_pi[state] + math.log2(len(lengths))
+    for symbol in x[k:]:
+      total -= log2_t[state, symbol]
+      state = int(_next_states(state, symbol, a, k))
+    bits.append(total)
+  return np.array(bits)
 
 
 def sample_documents(params: Mapping) -> np.ndarray:
-  """All documents' symbols, uint8 [num_documents, document_length]
-  (0 = 'a'): the generator continues after drawing the transitions."""
+  """All documents' symbols at full length, uint8 [num_documents,
+  document_length] (0 = 'a'): the generator continues after drawing the
+  transitions."""
   p = checked_params(params)
   a, k = p["alphabet_size"], p["order"]
   num_docs, length = p["num_documents"], p["document_length"]
@@ -139,6 +183,18 @@ def sample_documents(params: Mapping) -> np.ndarray:
     docs[:, t] = symbols
     states = _next_states(states, symbols, a, k)
   return docs
+
+
+def documents(params: Mapping) -> list[np.ndarray]:
+  """All documents' symbols (uint8, 0 = 'a'), each of its own length."""
+  p = checked_params(params)
+  docs = sample_documents(p)
+  if not p["min_document_length"]:
+    return list(docs)
+  rng = np.random.default_rng([p["seed"], 1])  # Independent of the symbols.
+  lengths = _lengths(p)
+  n = rng.integers(lengths.start, lengths.stop, size=len(docs))
+  return [doc[:length] for doc, length in zip(docs, n)]
 
 
 def split_ranges(num_documents: int) -> dict[str, range]:
@@ -162,13 +218,15 @@ class MarkovConfig(tfds.core.BuilderConfig):
     super().__init__(
         name=(f"a{p['alphabet_size']}_k{p['order']}_"
               f"c{_name_number(p['concentration'])}_docs{p['num_documents']}_"
-              f"len{p['document_length']}_seed{p['seed']}"),
+              f"len{p['document_length']}_seed{p['seed']}"
+              + (f"_min{p['min_document_length']}"
+                 if p["min_document_length"] else "")),
         description=f"Order-{p['order']} Markov chain: {p}")
     self.params = p
     self.entropy = entropy_bits(p)
 
 
-class Markov(corpora.DocumentBuilder, skip_registration=True):
+class Markov(builder_base.DocumentBuilder, skip_registration=True):
   """Documents from a random order-k Markov chain of known entropy (no download)."""
 
   def _metadata(self):
@@ -178,11 +236,11 @@ class Markov(corpora.DocumentBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     params = self.builder_config.params
-    docs = sample_documents(params)
+    docs = documents(params)
     return {split: self._generate_examples(docs, indices)
             for split, indices in split_ranges(params["num_documents"]).items()}
 
   def _generate_examples(self, docs, indices):
-    letters = docs + np.uint8(ord("a"))
     for i in indices:
-      yield i, {"text": letters[i].tobytes(), "path": f"doc{i:07d}"}
+      yield i, {"text": (docs[i] + np.uint8(ord("a"))).tobytes(),
+                "path": f"doc{i:07d}"}

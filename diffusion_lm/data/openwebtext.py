@@ -36,7 +36,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from diffusion_lm import errors
-from diffusion_lm.data import corpora
+from diffusion_lm.data import builder_base
 
 HF_URLS = [
     "https://huggingface.co/datasets/Skylion007/openwebtext/resolve/main/"
@@ -67,7 +67,7 @@ class _Subset:
   def _documents(self) -> list[tuple[str, bytes]]:
     with self.path.open("rb") as f:
       return sorted((f"{self.name}/{name}", member.read())
-                    for name, member in corpora.tar_members(f)
+                    for name, member in builder_base.tar_members(f)
                     if name.endswith(".txt"))
 
 
@@ -104,7 +104,7 @@ def _extract_subsets(archives: list[epath.Path], out_dir: epath.Path) -> None:
     if done.exists():
       continue
     with archive.open("rb") as f:
-      for name, member in corpora.tar_members(f):
+      for name, member in builder_base.tar_members(f):
         subset = posixpath.basename(name)
         if fnmatch.fnmatchcase(subset, SUBSET):
           partial = out_dir / f"{subset}.partial"
@@ -141,7 +141,7 @@ class OpenWebTextConfig(tfds.core.BuilderConfig):
     self.validation_documents = validation_documents
 
 
-class OpenWebText(corpora.DocumentBuilder, skip_registration=True):
+class OpenWebText(builder_base.DocumentBuilder, skip_registration=True):
   """OpenWebText documents; the last 100k (by identifier) are validation."""
 
   name = "openwebtext"  # Configured by data.validation_documents.
@@ -154,13 +154,13 @@ class OpenWebText(corpora.DocumentBuilder, skip_registration=True):
   def _shards(self, dl_manager) -> list:
     """The documents' subsets or directories, in order."""
     archives = [path for pattern in ARCHIVES
-                for path in corpora.manual_files(dl_manager, pattern)]
-    subsets = corpora.manual_files(dl_manager, SUBSET, recursive=True)
+                for path in builder_base.manual_files(dl_manager, pattern)]
+    subsets = builder_base.manual_files(dl_manager, SUBSET, recursive=True)
     if not archives and not subsets:
-      texts = corpora.manual_files(dl_manager, "*.txt", recursive=True)
+      texts = builder_base.manual_files(dl_manager, "*.txt", recursive=True)
       if texts:
         return _directories(dl_manager.manual_dir, texts)
-      archives = corpora.download(
+      archives = builder_base.download(
           dl_manager, HF_URLS, "urlsf_subset00.tar .. urlsf_subset20.tar")
     if archives:
       out_dir = dl_manager.download_dir / "openwebtext_subsets"

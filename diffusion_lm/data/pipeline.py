@@ -5,16 +5,24 @@ characters have none). `data.packing` decides how documents fill rows:
 
 * `wrap`: documents are concatenated and the stream cut into `data.seq_len`
   tokens (a document may continue in the next row);
-* `pad`: one document per row, truncated to `data.seq_len` or padded.
+* `pad`: one document per row, truncated to `data.seq_len` or filled up.
 
-Batches are dicts of numpy arrays:
+Rows are dicts of numpy arrays:
 
-  tokens       int32 [batch, seq_len]
-  weights      float32 [batch, seq_len]: 1 for real tokens, 0 for padding
-  segment_ids  int32 [batch, seq_len], only when attention is segmented
-               (`pad`, or `wrap` with `data.segment_masking`): 1, 2, ... for
-               the documents of a row, 0 for padding; positions attend only
-               within their segment.
+  tokens       int32 [seq_len]
+  weights      float32 [seq_len]: 1 where the loss scores the position
+  segment_ids  int32 [seq_len], only with `data.condition_on_length`: 1, 2, ...
+               for the documents of a row, 0 for filler; positions attend
+               only within their segment.
+
+Positions after the content (the rest of a pad row; the end of the last wrap
+row of a split) are filler. By default the filler is EOS, scored and attended
+to like any token: a row is then one sequence whose likelihood includes where
+each document ends, and the NELBO bounds -log p(documents). With
+`data.condition_on_length` every position is told its document's extent (its
+segment), filler is left out of the loss and of attention, and the NELBO
+bounds -log p(documents | their lengths) instead. (A tokenizer without EOS
+has no filler token: its last wrap row ends in weight-0 padding.)
 
 Training reads an endless, shuffled stream: documents reshuffled every epoch
 and packed sequences shuffled again in a window. Each process reads its own
@@ -49,31 +57,48 @@ def _pad(doc: dict, seq_len: int) -> dict:
           "segment_ids": np.pad(np.ones_like(tokens), (0, pad))}
 
 
-def segmented_attention(data_config) -> bool:
-  """Whether batches carry segment_ids that restrict attention."""
-  return data_config.packing == "pad" or data_config.segment_masking
-
-
-def _rows(docs: grain.MapDataset, data_config) -> grain.IterDataset:
-  """Encoded documents -> rows of data.seq_len tokens, by data.packing."""
+def _packed(docs: grain.MapDataset, data_config,
+            eos_id: int | None) -> grain.IterDataset:
+  """Encoded documents -> rows of tokens and segment ids (0 = filler)."""
   if data_config.packing not in PACKINGS:
     raise errors.UserError(
         f"data.packing={data_config.packing!r} is not one of {list(PACKINGS)}")
+  if (data_config.packing == "pad" and eos_id is None
+      and not data_config.condition_on_length):
+    raise errors.UserError(
+        "data.packing='pad' fills rows with EOS, which data.tokenizer="
+        f"{data_config.tokenizer!r} lacks: use data.packing='wrap' (or "
+        "data.condition_on_length=True)")
   seq_len = data_config.seq_len
   if data_config.packing == "pad":
-    rows = docs.map(lambda doc: _pad(doc, seq_len)).to_iter_dataset()
-  else:
-    rows = packing.PackedIterDataset(docs.to_iter_dataset(), seq_len)
-  keep_segments = segmented_attention(data_config)
+    return docs.map(lambda doc: _pad(doc, seq_len)).to_iter_dataset()
+  return packing.PackedIterDataset(docs.to_iter_dataset(), seq_len)
 
-  def finish(row):
-    out = {"tokens": row["tokens"],
-           "weights": (row["segment_ids"] > 0).astype(np.float32)}
-    if keep_segments:
-      out["segment_ids"] = row["segment_ids"]
-    return out
 
-  return rows.map(finish)
+def finish_row(row: dict, data_config, eos_id: int | None) -> dict:
+  """A packed row (tokens, segment ids) as the model reads it (module doc)."""
+  content = row["segment_ids"] > 0
+  if data_config.condition_on_length:
+    return {"tokens": row["tokens"], "weights": content.astype(np.float32),
+            "segment_ids": row["segment_ids"]}
+  if eos_id is None:  # No filler token: wrap's last row ends in padding.
+    return {"tokens": row["tokens"], "weights": content.astype(np.float32)}
+  return {"tokens": np.where(content, row["tokens"], eos_id).astype(np.int32),
+          "weights": np.ones(content.shape, np.float32)}
+
+
+def _rows(docs: grain.MapDataset, data_config, eos_id) -> grain.IterDataset:
+  return _packed(docs, data_config, eos_id).map(
+      lambda row: finish_row(row, data_config, eos_id))
+
+
+def pad_rows(docs: list[np.ndarray], data_config,
+             eos_id: int | None) -> dict[str, np.ndarray]:
+  """Documents (ids, EOS included), one per row as `data.packing='pad'`
+  packs them (with data_config's condition_on_length): [N, seq_len] arrays."""
+  rows = [finish_row(_pad({"tokens": d}, data_config.seq_len), data_config,
+                     eos_id) for d in docs]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def source(data_config, split: str):
@@ -99,19 +124,25 @@ def train_dataset(config, tokenizer, *, process_index: int = 0,
     raise errors.UserError(
         f"process {process_index} of {process_count} has no training documents")
   docs = docs.shuffle(seed=config.train.seed).repeat()
-  rows = _rows(_encoded(docs, tokenizer), config.data)
+  rows = _rows(_encoded(docs, tokenizer), config.data, tokenizer.eos_id)
   rows = grain.experimental.WindowShuffleIterDataset(
       rows, window_size=_SHUFFLE_WINDOW, seed=config.train.seed)
   return rows.batch(batch, drop_remainder=True)
 
 
 def pack_split(config, tokenizer, split: str) -> dict[str, np.ndarray]:
-  """A whole split as rows in a fixed order: the batch arrays, [N, seq_len] each."""
+  """A whole split as rows in a fixed order: the batch arrays, [N, seq_len]
+  each, and `content` (bool [N, seq_len]: the positions that are not filler)."""
   docs = grain.MapDataset.source(source(config.data, split))
-  rows = list(_rows(_encoded(docs, tokenizer), config.data))
-  if not rows:
-    raise errors.UserError(f"split {split!r} of data.corpus={config.data.corpus!r} is empty")
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  packed = list(_packed(_encoded(docs, tokenizer), config.data,
+                        tokenizer.eos_id))
+  if not packed:
+    raise errors.UserError(
+        f"split {split!r} of data.corpus={config.data.corpus!r} is empty")
+  rows = [finish_row(r, config.data, tokenizer.eos_id) for r in packed]
+  arrays = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  arrays["content"] = np.stack([r["segment_ids"] > 0 for r in packed])
+  return arrays
 
 
 def eval_batches(packed: dict[str, np.ndarray], global_batch: int, *,

@@ -11,16 +11,12 @@ copy to a bucket if needed), the download to its downloads/ folder. With
 see each corpus's module docstring).
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-from ml_collections import config_flags
+from diffusion_lm import cli
+from diffusion_lm.data import builder_base, corpora
 
-from diffusion_lm import cli, errors
-from diffusion_lm.data import corpora
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (see configs/).", lock_config=True)
+_CONFIG = cli.define_config_flag()
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Directory holding the corpus's archive (or, for "
     "openwebtext, its .txt files); downloaded when absent.")
@@ -32,7 +28,7 @@ _BATCH = 4096  # Documents read at a time when counting bytes.
 def split_sizes(builder) -> dict[str, tuple[int, int]]:
   """(documents, bytes of text) of each split of a prepared builder."""
   sizes = {}
-  for split in (s for s in corpora.SPLITS if s in builder.info.splits):
+  for split in (s for s in builder_base.SPLITS if s in builder.info.splits):
     source = builder.as_data_source(split)
     num_bytes = 0
     for start in range(0, len(source), _BATCH):
@@ -42,13 +38,9 @@ def split_sizes(builder) -> dict[str, tuple[int, int]]:
   return sizes
 
 
-def main(argv):
-  cli.start(argv)
+def main():
   data_config = _CONFIG.value.data
-  try:
-    builder = corpora.prepare(data_config, manual_dir=_MANUAL_DIR.value)
-  except errors.UserError as e:
-    sys.exit(f"error: {e}")
+  builder = corpora.prepare(data_config, manual_dir=_MANUAL_DIR.value)
   print(f"data.corpus={data_config.corpus!r} is prepared in {builder.data_dir}")
   print(f"{'split':<12}{'documents':>14}{'bytes':>18}")
   for split, (num_docs, num_bytes) in split_sizes(builder).items():
@@ -56,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -19,7 +19,7 @@ import zipfile
 import tensorflow_datasets as tfds
 
 from diffusion_lm import errors
-from diffusion_lm.data import corpora
+from diffusion_lm.data import builder_base
 
 URL = "http://mattmahoney.net/dc/text8.zip"
 MEMBER = "text8"
@@ -52,7 +52,7 @@ class Text8Config(tfds.core.BuilderConfig):
     self.chunk_chars = chunk_chars
 
 
-class Text8(corpora.DocumentBuilder, skip_registration=True):
+class Text8(builder_base.DocumentBuilder, skip_registration=True):
   """text8 in consecutive chunks, in order; splits 90M / 5M / 5M characters."""
 
   BUILDER_CONFIGS = [Text8Config()]
@@ -61,7 +61,7 @@ class Text8(corpora.DocumentBuilder, skip_registration=True):
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"Optional: {URL.rsplit('/', 1)[-1]} from {URL}."
 
   def _split_generators(self, dl_manager):
-    text = read_text8(corpora.manual_or_download(dl_manager, URL))
+    text = read_text8(builder_base.manual_or_download(dl_manager, URL))
     return {split: self._generate_examples(text, start, stop)
             for split, (start, stop) in split_bounds(len(text)).items()}
 

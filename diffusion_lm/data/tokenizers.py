@@ -251,18 +251,12 @@ def from_json(spec: dict[str, Any]) -> Tokenizer:
   return TOKENIZERS[kind].from_json(spec)
 
 
-def model_path(data_config) -> str:
-  """`data.tokenizer_model` as a path: absolute, or relative to the corpus's
-  prepared data directory (which this prepares if needed)."""
-  path = os.path.expanduser(data_config.tokenizer_model)
-  if os.path.isabs(path):
-    return path
-  from diffusion_lm.data import corpora  # pylint: disable=g-import-not-at-top
-  return os.path.join(corpora.builder(data_config).data_dir, path)
+def from_config(data_config, corpus_dir: str) -> Tokenizer:
+  """The tokenizer named by `data.tokenizer` (and `data.tokenizer_model`).
 
-
-def from_config(data_config) -> Tokenizer:
-  """The tokenizer named by `data.tokenizer` (and `data.tokenizer_model`)."""
+  A relative `data.tokenizer_model` is read from `corpus_dir`, the corpus's
+  prepared data directory (corpora.prepared_dir: known without preparing).
+  """
   kind, model = data_config.tokenizer, data_config.tokenizer_model
   if kind not in TOKENIZERS:
     raise errors.UserError(
@@ -278,7 +272,7 @@ def from_config(data_config) -> Tokenizer:
         "data.tokenizer='sentencepiece' needs data.tokenizer_model (a .model "
         "file, absolute or relative to the corpus's prepared data directory); "
         f"train one with {_TRAIN_COMMAND}")
-  path = model_path(data_config)
+  path = os.path.join(corpus_dir, os.path.expanduser(model))
   if not os.path.isfile(path):
     raise errors.UserError(
         f"data.tokenizer_model={model!r}: no file {path}; train one with "

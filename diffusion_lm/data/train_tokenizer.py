@@ -19,18 +19,15 @@ sentence each; nothing is written until the model is complete.
 import contextlib
 import io
 import os
-import sys
 import uuid
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 import sentencepiece as spm
 
 from diffusion_lm import cli, errors
 from diffusion_lm.data import corpora, pipeline, tokenizers
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (see configs/).", lock_config=True)
+_CONFIG = cli.define_config_flag()
 _VOCAB_SIZE = flags.DEFINE_integer(
     "vocab_size", 32000, "Pieces in the model, the 258 byte and special pieces "
     "included.", lower_bound=1)
@@ -103,23 +100,19 @@ def write_atomically(path: str, data: bytes) -> None:
     raise
 
 
-def main(argv):
-  cli.start(argv)
+def main():
   data_config = _CONFIG.value.data
-  try:
-    data_dir = os.path.abspath(corpora.builder(data_config).data_dir)
-    name = f"spm_{_MODEL_TYPE.value}_{_VOCAB_SIZE.value}.model"
-    path = os.path.abspath(_OUTPUT.value or os.path.join(data_dir, name))
-    model = train_model(data_config, _VOCAB_SIZE.value, _MODEL_TYPE.value,
-                        max_documents=_MAX_DOCUMENTS.value,
-                        character_coverage=_CHARACTER_COVERAGE.value)
-    tokenizers.SentencePieceTokenizer(model, name=path)  # Loads as training will.
-  except errors.UserError as e:
-    sys.exit(f"error: {e}")
+  data_dir = os.path.abspath(corpora.builder(data_config).data_dir)
+  name = f"spm_{_MODEL_TYPE.value}_{_VOCAB_SIZE.value}.model"
+  path = os.path.abspath(_OUTPUT.value or os.path.join(data_dir, name))
+  model = train_model(data_config, _VOCAB_SIZE.value, _MODEL_TYPE.value,
+                      max_documents=_MAX_DOCUMENTS.value,
+                      character_coverage=_CHARACTER_COVERAGE.value)
+  tokenizers.SentencePieceTokenizer(model, name=path)  # Loads as training will.
   try:
     write_atomically(path, model)
   except OSError as e:
-    sys.exit(f"error: cannot write {path}: {e.strerror}")
+    raise errors.UserError(f"cannot write {path}: {e.strerror}") from None
   inside = os.path.commonpath([path, data_dir]) == data_dir
   setting = os.path.relpath(path, data_dir) if inside else path
   print(f"wrote {path}\ntrain with it: --config.data.tokenizer=sentencepiece "
@@ -127,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -55,16 +55,20 @@ class Linear(Schedule):
 
 @dataclasses.dataclass(frozen=True)
 class Cosine(Schedule):
-  """alpha(t) = 1 - cos(pi/2 (1 - t)), MaskGIT's schedule as used by MD4."""
+  """alpha(t) = 1 - cos(pi/2 (1 - t)), MaskGIT's schedule as used by MD4.
+
+  cos(pi/2 t) is written sin(pi/2 (1 - t)): exactly 0 at t = 1 in float32,
+  where cos(float32(pi/2)) is -4e-8 and would make the weight negative.
+  """
 
   def mask_rate(self, t):
     return jnp.sin(0.5 * math.pi * t)
 
   def alpha_deriv(self, t):
-    return -0.5 * math.pi * jnp.cos(0.5 * math.pi * t)
+    return -0.5 * math.pi * jnp.sin(0.5 * math.pi * (1.0 - t))
 
   def weight(self, t):
-    return 0.5 * math.pi / jnp.tan(0.5 * math.pi * t)
+    return 0.5 * math.pi * jnp.sin(0.5 * math.pi * (1.0 - t)) / self.mask_rate(t)
 
 
 @dataclasses.dataclass(frozen=True)

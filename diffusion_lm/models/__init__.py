@@ -6,10 +6,6 @@ from flax import nnx
 from diffusion_lm.models.transformer import Transformer, TransformerConfig
 
 
-def model_config(config, tokenizer) -> TransformerConfig:
-  return TransformerConfig.from_config(config.model, tokenizer.vocab_size)
-
-
 def abstract_model(cfg: TransformerConfig):
   """(graphdef, nnx.State of ShapeDtypeStructs with logical-axis metadata)."""
   return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))

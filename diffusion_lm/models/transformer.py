@@ -1,7 +1,6 @@
 """The denoiser: a pre-norm transformer in Flax NNX (RoPE, RMSNorm, gated MLP).
 
-Bidirectional for diffusion, causal for the autoregressive baseline. Every
-parameter carries `logical_axes` metadata (names such as 'embed', 'mlp'), which
+Every parameter carries `logical_axes` metadata (names such as 'embed', 'mlp'), which
 `parallel.py` maps to mesh axes with the rules in `config.mesh.rules`.
 Parameters are kept in float32; matmuls run in `dtype`; logits are float32.
 
@@ -17,26 +16,35 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffusion_lm import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
+  """The model's shape and numerics: `config.model` plus the vocabulary."""
+
   vocab_size: int  # predicted ids; the input also takes [MASK] = vocab_size
-  num_layers: int = 4
-  num_heads: int = 4
-  head_dim: int = 32
-  embed_dim: int = 128
-  mlp_dim: int = 512
-  causal: bool = False
-  time_conditioning: bool = False
-  dtype: str = "float32"
-  rope_base: float = 10_000.0
-  attention_impl: str = ""  # '' lets JAX choose; or 'xla', 'cudnn'
+  num_layers: int
+  num_heads: int
+  head_dim: int
+  embed_dim: int
+  mlp_dim: int
+  time_conditioning: bool
+  dtype: str
+  rope_base: float
+  attention_impl: str  # '' lets JAX choose; or 'xla', 'cudnn'
 
   @classmethod
-  def from_config(cls, model_config, vocab_size: int, causal: bool = False):
-    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "causal"}
-    return cls(vocab_size=vocab_size, causal=causal,
-               **{k: model_config[k] for k in fields if k in model_config})
+  def from_config(cls, model_config, vocab_size: int) -> "TransformerConfig":
+    """Exactly the fields of `config.model`: a missing or unknown one is an
+    error (config_base.py holds the only defaults)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size"}
+    given = set(model_config.keys())
+    if given != fields:
+      raise errors.UserError(
+          f"config.model must have exactly the fields {sorted(fields)}; "
+          f"missing {sorted(fields - given)}, unknown {sorted(given - fields)}")
+    return cls(vocab_size=vocab_size, **{k: model_config[k] for k in fields})
 
 
 def _param(rngs, shape, axes, stddev):
@@ -109,7 +117,7 @@ class Attention(nnx.Module):
     scale = self.cfg.head_dim**-0.5
     y_BxLxHxK = jax.nn.dot_product_attention(
         apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin), v,
-        mask=mask_Bx1xLxL, scale=1.0, is_causal=self.cfg.causal,
+        mask=mask_Bx1xLxL, scale=1.0,
         implementation=self.cfg.attention_impl or None)
     out = self.out[...]
     return dense(y_BxLxHxK.reshape(b, l, -1), out.reshape(-1, out.shape[-1]),

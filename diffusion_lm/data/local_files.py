@@ -1,0 +1,150 @@
+"""Corpora of local files, one document per file: `stdlib` and `text_files`.
+
+* `stdlib`: the .py files of the standard library of the Python running this
+  code (site-packages left out); one builder config per Python version.
+* `text_files`: the files matched by a glob (`data.files`); the config name is
+  a hash of the glob and of the matched files' paths, sizes and mtimes, so an
+  edited corpus is prepared afresh.
+
+Documents go to train / validation / test by a stable hash of their path
+(about 90 / 5 / 5; `assign_splits`).
+"""
+
+import glob as glob_lib
+import hashlib
+import os
+import pathlib
+import platform
+import sysconfig
+
+import tensorflow_datasets as tfds
+
+from diffusion_lm import errors
+from diffusion_lm.data.builder_base import SPLITS, DocumentBuilder
+
+_HELD_OUT_FRACTION = {"validation": 0.05, "test": 0.05}
+
+
+def _hash_fraction(relpath: str) -> float:
+  """A stable number in [0, 1) from a path (the same on every machine)."""
+  digest = hashlib.sha256(relpath.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_splits(relpaths: list[str]) -> dict[str, list[str]]:
+  """Splits documents by path hash: [0, .9) train, [.9, .95) validation, rest test.
+
+  With 3 or more documents, validation and test each get at least one: when
+  the hash leaves one empty, the train documents of highest hash move there.
+  """
+  ranked = sorted(relpaths, key=_hash_fraction)
+  val_start = 1.0 - _HELD_OUT_FRACTION["validation"] - _HELD_OUT_FRACTION["test"]
+  test_start = 1.0 - _HELD_OUT_FRACTION["test"]
+  splits = {s: [] for s in SPLITS}
+  for path in ranked:
+    h = _hash_fraction(path)
+    split = "train" if h < val_start else "validation" if h < test_start else "test"
+    splits[split].append(path)
+  if len(ranked) >= 3:
+    for split in ("test", "validation"):
+      if not splits[split]:
+        splits[split].append(splits["train"].pop())
+  return splits
+
+
+class _FilesBuilder(DocumentBuilder, skip_registration=True):
+  """Documents from a root directory and a list of relative paths."""
+
+  def _root_and_files(self) -> tuple[pathlib.Path, list[str]]:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is local.
+    root, relpaths = self._root_and_files()
+    splits = assign_splits(relpaths)
+    return {s: self._generate_examples(root, splits[s]) for s in SPLITS}
+
+  def _generate_examples(self, root, relpaths):
+    for relpath in relpaths:
+      yield relpath, {"text": (root / relpath).read_bytes(), "path": relpath}
+
+
+def stdlib_root() -> pathlib.Path:
+  return pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[str]:
+  root = stdlib_root()
+  return sorted(
+      str(p.relative_to(root)) for p in root.rglob("*.py")
+      if "site-packages" not in p.relative_to(root).parts and p.is_file())
+
+
+class Stdlib(_FilesBuilder, skip_registration=True):
+  """The Python standard library's source files (about 30 MB, no download)."""
+
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(
+          name="py" + platform.python_version().replace(".", "_"),
+          description=f"Python {platform.python_version()} standard library")
+  ]
+
+  def _root_and_files(self):
+    return stdlib_root(), stdlib_files()
+
+
+def _glob_root(pattern: str) -> pathlib.Path:
+  """The directory above the first wildcard of a glob."""
+  parts = pathlib.Path(os.path.expanduser(pattern)).parts
+  fixed = []
+  for part in parts[:-1]:
+    if glob_lib.has_magic(part):
+      break
+    fixed.append(part)
+  return pathlib.Path(*fixed) if fixed else pathlib.Path(".")
+
+
+def glob_files(pattern: str) -> tuple[pathlib.Path, list[str]]:
+  """The files a glob matches, relative to its root; a clear error if none."""
+  root = _glob_root(pattern)
+  matches = sorted(
+      p for p in glob_lib.glob(os.path.expanduser(pattern), recursive=True)
+      if os.path.isfile(p))
+  if not matches:
+    raise errors.UserError(f"data.files={pattern!r} matches no files")
+  relpaths = [os.path.relpath(p, root) for p in matches]
+  if len(relpaths) < 3:
+    raise errors.UserError(
+        f"data.files={pattern!r} matches {len(relpaths)} file(s); at least 3 "
+        "are needed to hold out validation and test documents")
+  return root.resolve(), relpaths
+
+
+class TextFilesConfig(tfds.core.BuilderConfig):
+
+  def __init__(self, *, pattern: str):
+    root, relpaths = glob_files(pattern)
+    fingerprint = hashlib.sha1(pattern.encode())
+    for relpath in relpaths:
+      stat = (root / relpath).stat()
+      fingerprint.update(f"\0{relpath}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    super().__init__(
+        name="glob_" + fingerprint.hexdigest()[:16],
+        description=f"Files matching {pattern!r}")
+    self.root = root
+    self.relpaths = relpaths
+
+
+class TextFiles(_FilesBuilder, skip_registration=True):
+  """Local text files matched by a glob; each file is one document."""
+
+  def _root_and_files(self):
+    return self.builder_config.root, self.builder_config.relpaths
+
+
+
+
+def text_files_builder(data_config, **kwargs) -> TextFiles:
+  if not data_config.files:
+    raise errors.UserError("data.corpus='text_files' needs data.files (a glob)")
+  return TextFiles(config=TextFilesConfig(pattern=data_config.files), **kwargs)
