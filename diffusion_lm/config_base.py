@@ -76,7 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = dict(
       batch_size=32,
-      num_t_samples=1,  # Times per sequence, stratified across the batch.
+      # Any-order NELBO estimates per sequence (stratified across the batch);
+      # >= 2 gives the standard errors from each sequence's own spread.
+      num_t_samples=1,
       batches_during_training=8,  # 0 = the whole validation split.
       split="test",  # Split of the final evaluation and of --mode=eval.
       seed=0,

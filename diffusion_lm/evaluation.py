@@ -11,11 +11,13 @@ All are upper bounds (the NELBO bounds -log p) on the likelihood of the
 documents, their lengths included; with `data.condition_on_length` they bound
 -log p(documents | lengths) and their names end in `_given_length`.
 
-Each `bits_per_*` comes with `bits_per_*_stderr`, the standard error of its
-Monte Carlo estimate. With eval.num_t_samples >= 2 it is computed from each
-row's own spread over its times; with one time per row the spread between
-rows stands in, which overestimates it (rows differ in their true NELBO too).
-NELBOs come off the device in float32 and are summed in float64.
+Each row's NELBO is estimated eval.num_t_samples times with the any-order
+form (objective.any_order_nelbo: unbiased, finite variance). Each `bits_per_*`
+comes with `bits_per_*_stderr`, the standard error of that Monte Carlo
+estimate: from each row's own spread over its estimates when there are two
+or more, else from the spread between rows, which overestimates it (rows
+differ in their true NELBO too). NELBOs come off the device in float32 and
+are summed in float64.
 """
 
 import math

@@ -43,11 +43,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   """--mode=eval: bounds of the latest checkpoint on config.eval.split.
 
   Model, data and tokenizer come from the checkpoint; the eval group and the
-  mesh come from `config`. Results go to <workdir>/eval_<split>.json (written
-  whole, via a temporary file) and to metrics.jsonl.
+  mesh come from `config`. Results go to <workdir>/eval_<split>.json
+  (written whole, via a temporary file).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from diffusion_lm import api, evaluation, metrics, parallel  # pylint: disable=g-import-not-at-top
+  from diffusion_lm import api, evaluation, parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(config.mesh)
   lm = api.load(workdir, mesh=mesh)
   run_config = lm.config.copy_and_resolve_references()
@@ -61,11 +61,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"eval_{split}.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump({"step": lm.step, "split": split, **result}, f, indent=2)
+      json.dump({"step": lm.step, "split": split,
+                 "num_t_samples": config.eval.num_t_samples, **result}, f,
+                indent=2)
     os.replace(path + ".tmp", path)
-  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  writer.write(lm.step, {f"eval/{k}": v for k, v in result.items()})
-  writer.close()
   logging.info("%s split at step %d: %s", split, lm.step, result)
   return result
 

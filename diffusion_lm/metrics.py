@@ -2,8 +2,9 @@
 
 `metrics.jsonl` in the workdir holds one JSON object per line, each with a
 `step` and keys such as `train/loss` or `eval/bits_per_byte`. After a restart
-from the checkpoint at step s, lines past s (from the run that died) are
-dropped first, so the file reads as one uninterrupted run.
+from the checkpoint at step s, lines past s (from the run that died) and the
+final evaluation at s (which runs again) are dropped first, so the file reads
+as one uninterrupted run.
 """
 
 import json
@@ -71,7 +72,11 @@ class MetricWriter:
       return
     with open(self.path, encoding="utf-8") as f:
       lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    def before(record):  # Written before the checkpoint at `step` was.
+      return record["step"] < step or (
+          record["step"] == step and not any(k.startswith("eval/") for k in record))
+
+    kept = [line for line in lines if before(json.loads(line))]
     if len(kept) < len(lines):
       tmp = self.path + ".tmp"
       with open(tmp, "w", encoding="utf-8") as f:

@@ -25,10 +25,19 @@ def test_splits_are_a_stable_hash_partition_near_90_5_5():
 
 
 @pytest.mark.parametrize("n", [3, 4, 7, 12])
-def test_small_corpora_hold_out_validation_and_test(n):
-  splits = local_files.assign_splits([f"doc_{i}.txt" for i in range(n)])
-  assert all(splits[s] for s in builder_base.SPLITS)
-  assert sum(len(v) for v in splits.values()) == n
+def test_small_corpora_fill_every_split(n):
+  # Bug caught: a split left empty (or a crash) when the hash puts every
+  # document of a small corpus in the held-out range.
+  for trial in range(300):
+    names = [f"doc_{trial}_{i}.txt" for i in range(n)]
+    splits = local_files.assign_splits(names)
+    assert all(splits[s] for s in builder_base.SPLITS), splits
+    assert sorted(sum(splits.values(), [])) == sorted(names)
+  # Three documents that all hash into the test range.
+  held_out = [p for p in (f"f{i}" for i in range(3000))
+              if local_files._hash_fraction(p) >= 0.95][:3]
+  splits = local_files.assign_splits(held_out)
+  assert all(len(splits[s]) == 1 for s in builder_base.SPLITS)
 
 
 def test_glob_errors_name_the_glob(tmp_path):

@@ -158,9 +158,13 @@ def test_markov_documents_follow_the_chain(markov_builder):
   assert np.abs(empirical - p).max() < 0.03
   # Stationary from the first symbol on: every window, the first included.
   window_freq = np.bincount(states.ravel(), minlength=a**k) / states.size
-  first_freq = np.bincount(states[:, 0], minlength=a**k) / len(states)
   assert np.abs(window_freq - pi).max() < 0.01
-  assert np.abs(first_freq - pi).max() < 0.08
+  # The first pair comes from pi, not uniformly (max |pi - 1/9| is 0.07):
+  # 20,000 two-symbol documents put its frequencies within 0.015.
+  starts = markov.sample_documents(dict(SMALL_CHAIN, num_documents=20_000,
+                                        document_length=2)).astype(int)
+  first_freq = np.bincount(starts[:, 0] * a + starts[:, 1], minlength=a**k)
+  assert np.abs(first_freq / len(starts) - pi).max() < 0.015
 
 
 def test_markov_metadata_round_trips_and_config_name_has_every_parameter(

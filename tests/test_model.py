@@ -88,7 +88,17 @@ def test_bfloat16_compute_stays_close_to_float32():
       TransformerConfig(**{**CFG.__dict__, "dtype": "bfloat16"}))
   low = nnx.merge(bf16_graphdef, params)(TOKENS)
   assert low.dtype == jnp.float32
-  np.testing.assert_allclose(low, model(TOKENS), atol=0.1)
+  # Bug caught: model.dtype ignored (identical logits) or misapplied (far off;
+  # bfloat16 rounding moves these logits of size ~1 by about 0.006).
+  assert not np.array_equal(low, model(TOKENS))
+  np.testing.assert_allclose(low, model(TOKENS), atol=0.02)
+
+
+def test_positions_matter():
+  # Bug caught: RoPE not applied (every other test here is blind to the
+  # order of positions): two [MASK]s at different places get one prediction.
+  out = np.asarray(randomised(CFG)(jnp.array([[3, 11, 11, 5]])))
+  assert not np.allclose(out[0, 1], out[0, 2], atol=1e-4)
 
 
 def test_every_parameter_names_its_axes():

@@ -54,10 +54,12 @@ def test_train_step_on_8_devices_matches_one_device(tiny_config):
     losses = []
     for _ in range(3):
       state, metrics = training.step(state, parallel.global_batch(batch_np, m))
-      losses.append(float(metrics["train/loss"]))
+      losses.append([float(metrics["train/loss"]),
+                     float(metrics["train/grad_norm"])])
     results.append((losses, jax.device_get(state)))
   (loss_1, state_1), (loss_8, state_8) = results
-  np.testing.assert_allclose(loss_1, loss_8, rtol=1e-5)
+  # Loss and gradient norm: Adam's update hides a wrongly scaled gradient.
+  np.testing.assert_allclose(loss_1, loss_8, rtol=1e-4)
   # Adam divides by sqrt(v): tiny float differences in tiny gradients can
   # move a weight by a fraction of one step (lr = 3e-3).
   for a, b in zip(jax.tree.leaves(state_1), jax.tree.leaves(state_8)):

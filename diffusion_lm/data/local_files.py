@@ -34,8 +34,9 @@ def _hash_fraction(relpath: str) -> float:
 def assign_splits(relpaths: list[str]) -> dict[str, list[str]]:
   """Splits documents by path hash: [0, .9) train, [.9, .95) validation, rest test.
 
-  With 3 or more documents, validation and test each get at least one: when
-  the hash leaves one empty, the train documents of highest hash move there.
+  With 3 or more documents every split gets at least one: when the hash
+  leaves one empty, it takes a document from the largest (train gives its
+  highest hash, a held-out split its lowest).
   """
   ranked = sorted(relpaths, key=_hash_fraction)
   val_start = 1.0 - _HELD_OUT_FRACTION["validation"] - _HELD_OUT_FRACTION["test"]
@@ -46,9 +47,10 @@ def assign_splits(relpaths: list[str]) -> dict[str, list[str]]:
     split = "train" if h < val_start else "validation" if h < test_start else "test"
     splits[split].append(path)
   if len(ranked) >= 3:
-    for split in ("test", "validation"):
+    for split in SPLITS:
       if not splits[split]:
-        splits[split].append(splits["train"].pop())
+        donor = max(SPLITS, key=lambda s: len(splits[s]))
+        splits[split].append(splits[donor].pop(-1 if donor == "train" else 0))
   return splits
 
 

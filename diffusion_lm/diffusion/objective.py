@@ -85,19 +85,47 @@ def train_loss(model, batch, key, schedule: schedules.Schedule, mask_id: int,
   return jnp.sum(nelbo) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
 
+def any_order_nelbo(model, batch, u_B, key, mask_id: int):
+  """One-sample NELBO estimate per row (nats, [B]) from the any-order form
+
+    NELBO(x) = sum_{k=1..n} 1/k E_{|M|=k} [ sum_{i in M} -log p(x_i | x with M masked) ]
+             = E_{k ~ U{1..n}, M} [ n/k sum_{i in M} -log p(x_i | x with M masked) ]
+
+  over the row's n scored positions: k = ceil(u n) (u in (0, 1], stratified
+  by the caller), M uniform among the scored positions, and for a model that
+  reads the masking rate, the rate r ~ Beta(k, n - k + 1): its distribution
+  given k masked positions under the time form. The same expectation as
+  sequence_nelbo's, but the weights n/k <= n keep the variance finite where
+  the time form's 1/t gives it a heavy tail (infinite variance).
+  """
+  tokens_BxL, weights_BxL = batch["tokens"], batch["weights"]
+  scored_BxL = weights_BxL > 0
+  n_B = jnp.maximum(jnp.sum(scored_BxL, axis=-1), 1)  # Filled-up rows: n = 0.
+  k_B = jnp.clip(jnp.ceil(u_B * n_B), 1, n_B)
+  rank_key, rate_key = jax.random.split(key)
+  # A uniform k-subset of the scored positions: the k smallest random keys.
+  keys_BxL = jnp.where(scored_BxL,
+                       jax.random.uniform(rank_key, tokens_BxL.shape), 2.0)
+  masked_BxL = jnp.argsort(jnp.argsort(keys_BxL, axis=-1), axis=-1) < k_B[:, None]
+  rate_B = jax.random.beta(rate_key, k_B, n_B - k_B + 1.0)
+  z_BxL = jnp.where(masked_BxL, mask_id, tokens_BxL)
+  logits = model(z_BxL, rate_B, batch.get("segment_ids"))
+  nll_BxL = token_nll(logits, tokens_BxL) * weights_BxL
+  return n_B / k_B * jnp.sum(jnp.where(masked_BxL, nll_BxL, 0.0), axis=-1)
+
+
 def eval_nelbo(model, batch, key, mask_id: int, num_t_samples: int):
   """num_t_samples NELBO estimates (nats) of every row: shape [K, B].
 
-  Evaluation always uses the linear schedule: the NELBO is the same for every
-  schedule with alpha(1) = 0, and linear has it, so the result is a true bound
-  whatever schedule trained the model (the model reads the masking rate, not t).
-  The num_t_samples * B times are stratified together.
+  Evaluation uses the any-order form (any_order_nelbo): the NELBO of every
+  schedule with alpha(1) = 0, so the result is a true bound whatever schedule
+  trained the model (the model reads the masking rate, not t). The
+  num_t_samples * B draws of u are stratified together.
   """
-  schedule = schedules.Linear()
   b = batch["tokens"].shape[0]
-  t_key, mask_key = jax.random.split(key)
-  t_KxB = stratified_times(t_key, num_t_samples * b).reshape(num_t_samples, b)
+  u_key, mask_key = jax.random.split(key)
+  u_KxB = stratified_times(u_key, num_t_samples * b).reshape(num_t_samples, b)
   keys = jax.random.split(mask_key, num_t_samples)
   return jax.lax.map(
-      lambda args: sequence_nelbo(model, batch, args[0], args[1], schedule,
-                                  mask_id), (t_KxB, keys))
+      lambda args: any_order_nelbo(model, batch, args[0], args[1], mask_id),
+      (u_KxB, keys))
