@@ -57,28 +57,16 @@ class DiffusionLM:
         options=samplers.make_options(sample_config, options),
         schedule=schedules.from_config(self.config.diffusion))
 
-  def _template(self, parts, num_samples: int, length: int | None = None):
+  def _template(self, parts, num_samples: int) -> np.ndarray:
     """[num_samples, L] ids: text parts fixed, integer parts masked."""
-    ids = []
-    for part in parts:
-      if isinstance(part, int):
-        ids.append(np.full(part, self.tokenizer.mask_id, np.int32))
-      else:
-        ids.append(self.tokenizer.encode(part))
-    row = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-    if length is not None:
-      row = np.concatenate([row, np.full(length - len(row), self.tokenizer.mask_id,
-                                         np.int32)])
-    return np.tile(row, (num_samples, 1))
+    ids = [np.full(p, self.tokenizer.mask_id, np.int32) if isinstance(p, int)
+           else self.tokenizer.encode(p) for p in parts]
+    return np.tile(np.concatenate(ids), (num_samples, 1))
 
-  def _texts(self, result: samplers.SampleResult) -> list[str]:
-    tokens = np.asarray(result.tokens_BxL)
-    return [self.tokenizer.decode(row[:n])
-            for row, n in zip(tokens, np.asarray(result.length_B))]
-
-  def sample(self, num_samples: int | None = None, *, length: int | None = None,
-             prompt: str = "", seed: int | None = None, **options) -> list[str]:
-    """Texts of `length` tokens (default config) that begin with `prompt`."""
+  def prompt_template(self, prompt: str = "", num_samples: int | None = None,
+                      length: int | None = None) -> np.ndarray:
+    """[num_samples, length] ids: the prompt, then [MASK] (defaults from
+    config.sample; length 0 there means data.seq_len)."""
     sample_config = self.config.sample
     num_samples = num_samples or sample_config.num_samples
     length = length or sample_config.length or self.config.data.seq_len
@@ -87,16 +75,27 @@ class DiffusionLM:
       raise errors.UserError(
           f"the prompt is {prompt_len} tokens but the sample length is {length}: "
           "it must leave at least one token to generate")
-    init = self._template([prompt], num_samples, length)
-    return self._texts(self.generate(init, seed=seed, **options))
+    return self._template([prompt, length - prompt_len], num_samples)
+
+  def texts(self, result: samplers.SampleResult) -> list[str]:
+    """The generated rows as text, each cut at its length (stop_at_eos)."""
+    tokens = np.asarray(result.tokens_BxL)
+    return [self.tokenizer.decode(row[:n])
+            for row, n in zip(tokens, np.asarray(result.length_B))]
+
+  def sample(self, num_samples: int | None = None, *, length: int | None = None,
+             prompt: str = "", seed: int | None = None, **options) -> list[str]:
+    """Texts of `length` tokens (default config) that begin with `prompt`."""
+    init = self.prompt_template(prompt, num_samples, length)
+    return self.texts(self.generate(init, seed=seed, **options))
 
   def infill(self, parts, num_samples: int = 1, *, seed: int | None = None,
              **options) -> list[str]:
     """Fills the gaps of a template: strings are kept, an int n is n new tokens."""
     if not any(isinstance(p, int) and p > 0 for p in parts):
       raise errors.UserError("infill needs at least one positive integer gap in parts")
-    return self._texts(self.generate(self._template(parts, num_samples),
-                                     seed=seed, **options))
+    return self.texts(self.generate(self._template(parts, num_samples),
+                                    seed=seed, **options))
 
   def _eval_step(self, num_t_samples: int):
     if num_t_samples not in self._eval_steps:

@@ -5,7 +5,11 @@ loaded with `config_flags.DEFINE_config_file(lock_config=True)`, so a
 misspelt override (`--config.train.stpes=1`) fails and names the field.
 """
 
+import dataclasses
+
 import ml_collections
+
+from diffusion_lm.diffusion import samplers
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -87,12 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample = dict(
       num_samples=4,  # Printed at the end of training (0 = none).
       length=0,  # 0 = data.seq_len.
-      steps=64,
-      sampler="ancestral",  # 'ancestral' | 'confidence'
-      temperature=1.0,
-      top_p=1.0,
-      float64=False,  # float64 Gumbel noise for categorical draws.
       seed=0,
+      # The sampler and its options, with their defaults: see
+      # samplers.SamplerOptions and samplers.SAMPLER_OPTIONS.
+      **dataclasses.asdict(samplers.SamplerOptions()),
   )
 
   c.mesh = dict(

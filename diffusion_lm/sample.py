@@ -1,56 +1,97 @@
 """Samples from the latest checkpoint of a workdir.
 
   python -m diffusion_lm.sample --workdir=runs/quickstart --num_samples=4
+  python -m diffusion_lm.sample --workdir=runs/quickstart --sampler=threshold \\
+      --threshold=0.9 --show_steps
 
 Config and tokenizer come from the checkpoint; flags left unset take the
-config's `sample` defaults. --output writes one JSON object per sample
-(JSONL), all at once when sampling is done.
+config's `sample` defaults. Every option of samplers.SamplerOptions is a flag
+(`--steps`, `--threshold`, `--gamma`, `--eta`, ...); passing one the sampler
+does not read is an error. Prints the samples, then network calls per
+generated token, tokens/s and the wall time. --output writes one JSON object
+per sample (JSONL), all at once when sampling is done.
 """
 
+import dataclasses
 import json
 import os
+import statistics
 import time
 
+import jax
+import numpy as np
 from absl import flags
 
 from diffusion_lm import cli, errors
+from diffusion_lm.diffusion import samplers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Number of samples.")
 _LENGTH = flags.DEFINE_integer("length", None, "Tokens per sample.")
-_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps.")
-_SAMPLER = flags.DEFINE_enum("sampler", None, ["ancestral", "confidence"],
-                             "Sampling algorithm.")
 _PROMPT = flags.DEFINE_string("prompt", "", "Text every sample starts with.")
 _SEED = flags.DEFINE_integer("seed", None, "Random seed.")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "Softmax temperature.")
-_TOP_P = flags.DEFINE_float("top_p", None, "Nucleus sampling mass.")
-_FLOAT64 = flags.DEFINE_bool("float64", None, "float64 categorical sampling.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write samples here as JSONL.")
+_SHOW_STEPS = flags.DEFINE_bool(
+    "show_steps", False, "Print the first sample as it is filled in: its "
+    "committed tokens after every loop iteration that committed any.")
+_TIMED_RUNS = flags.DEFINE_integer(
+    "timed_runs", 0, "Sample this many more times after the first (which "
+    "compiles) and report tokens/s from their median.", lower_bound=0)
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+           float: flags.DEFINE_float, str: flags.DEFINE_string}
+_OPTIONS = {
+    f.name: _DEFINE[type(f.default)](
+        f.name, None, f"sample.{f.name}, read by: " + ", ".join(
+            s for s, names in samplers.SAMPLER_OPTIONS.items() if f.name in names))
+    for f in dataclasses.fields(samplers.SamplerOptions)}
 flags.mark_flag_as_required("workdir")
+
+_HIDDEN = "\u00b7"  # Stands for a token not committed yet.
+
+
+def show_steps(tokenizer, tokens_L, commit_step_L) -> None:
+  """The sequence after every iteration that committed something."""
+  pieces = [tokenizer.decode([t]) for t in tokens_L]
+  for it in np.unique(commit_step_L[commit_step_L >= 0]):
+    text = "".join(p if s <= it else _HIDDEN
+                   for p, s in zip(pieces, commit_step_L))
+    print(f"--- iteration {it}: {np.sum(commit_step_L == it)} committed ---\n{text}")
 
 
 def main():
   if not os.path.isdir(_WORKDIR.value):
     raise errors.UserError(f"--workdir={_WORKDIR.value} does not exist")
   from diffusion_lm import api  # pylint: disable=g-import-not-at-top
-  options = dict(steps=_STEPS.value, sampler=_SAMPLER.value,
-                 temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-                 float64=_FLOAT64.value)
-  start = time.perf_counter()
+  options = {name: flag.value for name, flag in _OPTIONS.items()}
   lm = api.load(_WORKDIR.value)
-  texts = lm.sample(_NUM_SAMPLES.value, length=_LENGTH.value,
-                    prompt=_PROMPT.value, seed=_SEED.value, **options)
-  seconds = time.perf_counter() - start
+  init = lm.prompt_template(_PROMPT.value, _NUM_SAMPLES.value, _LENGTH.value)
+  seconds = []
+  for _ in range(1 + _TIMED_RUNS.value):
+    start = time.perf_counter()
+    result = jax.block_until_ready(lm.generate(init, seed=_SEED.value, **options))
+    seconds.append(time.perf_counter() - start)
+  texts = lm.texts(result)
   for i, text in enumerate(texts):
     print(f"--- sample {i} (step {lm.step}) ---\n{text}")
-  print(f"--- {len(texts)} samples in {seconds:.1f}s (compilation included)")
+  if _SHOW_STEPS.value:
+    show_steps(lm.tokenizer, np.asarray(result.tokens_BxL)[0],
+               np.asarray(result.commit_step_BxL)[0])
+  generated = np.sum((init == lm.tokenizer.mask_id)
+                     & (np.arange(init.shape[1]) < np.asarray(result.length_B)[:, None]))
+  calls = int(np.sum(result.calls_B))
+  timed = statistics.median(seconds[1:]) if _TIMED_RUNS.value else seconds[0]
+  print(f"--- {len(texts)} samples, {generated} generated tokens: "
+        f"{calls / generated:.3f} network calls per token, "
+        f"{generated / timed:.1f} tokens/s"
+        + (f" (median of {_TIMED_RUNS.value} runs)" if _TIMED_RUNS.value
+           else " (compilation included; --timed_runs=3 leaves it out)")
+        + f"; first run {seconds[0]:.1f}s")
   if _OUTPUT.value:
     tmp = _OUTPUT.value + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-      for text in texts:
+      for text, n in zip(texts, np.asarray(result.calls_B)):
         f.write(json.dumps({"text": text, "prompt": _PROMPT.value,
-                            "step": lm.step}) + "\n")
+                            "step": lm.step, "network_calls": int(n)}) + "\n")
     os.replace(tmp, _OUTPUT.value)
 
 

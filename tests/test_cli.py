@@ -140,7 +140,36 @@ def test_sample_cli_prints_and_writes_jsonl(reference, tmp_path):
   lines = [json.loads(line) for line in output.read_text().splitlines()]
   assert len(lines) == 3
   assert all(line["text"].startswith("def ") and line["step"] == STEPS for line in lines)
+  assert all(1 <= line["network_calls"] <= 6 for line in lines)
   assert result.stdout.count("--- sample") == 3
+  # 3 x 20 generated tokens, 6 steps of confidence: 18 calls at most.
+  stats = result.stdout.splitlines()[-1]
+  assert "3 samples, 60 generated tokens" in stats and "tokens/s" in stats
+  calls = float(stats.split(" network calls per token")[0].rsplit(" ", 1)[1])
+  assert calls == pytest.approx(sum(l["network_calls"] for l in lines) / 60, abs=1e-3)
+
+
+def test_show_steps_prints_the_sequence_filling_in(reference):
+  # Bug caught: frames that do not grow by exactly the committed tokens.
+  result = run_module("diffusion_lm.sample", f"--workdir={reference[0]}",
+                      "--num_samples=1", "--length=12", "--sampler=threshold",
+                      "--threshold=0.5", "--show_steps", "--seed=3")
+  frames = result.stdout.split("--- iteration ")[1:]
+  assert frames
+  hidden = [frame.split("---\n", 1)[1].rstrip("\n").count("\u00b7")
+            for frame in frames]
+  committed = [int(frame.split(": ", 1)[1].split(" ", 1)[0]) for frame in frames]
+  assert hidden[-1] == 0 and sum(committed) == 12
+  assert all(a - b == c for a, b, c in zip([12] + hidden, hidden, committed))
+
+
+def test_sampler_options_are_checked_against_the_sampler(reference):
+  result = run_module("diffusion_lm.sample", f"--workdir={reference[0]}",
+                      "--sampler=ancestral", "--gamma=0.5", check=False)
+  assert_one_clear_error(result, "sampler 'ancestral' does not read gamma")
+  result = run_module("diffusion_lm.sample", f"--workdir={reference[0]}",
+                      "--sampler=greedy", check=False)
+  assert_one_clear_error(result, "sample.sampler='greedy' is not one of")
 
 
 def assert_one_clear_error(result, *fragments):
