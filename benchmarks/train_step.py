@@ -8,7 +8,7 @@ Prints one JSON line: train_tokens_per_s (median over --repeats timings of
 The step is the real one from diffusion_lm.train (NELBO loss, gradient, AdamW,
 clipping) on random tokens; the SwiGLU width is --mlp_ratio * width (2.75:
 704 at width 256, the GLU width of md4's text8 model at that shape). The rows
-are scored in --batch_slices independent slices (train.batch_slices: the same
+are scored in --batch_slices independent slices (model.batch_slices: the same
 loss; 4 is the fastest setting on a CPU, 1 the plain step).
 """
 
@@ -50,8 +50,9 @@ def main():
   width = args.heads * args.head_dim
   config.model.update(num_layers=args.layers, num_heads=args.heads,
                       head_dim=args.head_dim, embed_dim=width,
-                      mlp_dim=int(args.mlp_ratio * width), dtype=args.dtype)
-  config.train.update(batch_size=args.batch, batch_slices=args.batch_slices)
+                      mlp_dim=int(args.mlp_ratio * width), dtype=args.dtype,
+                      batch_slices=args.batch_slices)
+  config.train.batch_size = args.batch
   mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
                             devices=jax.devices()[:1])
   training = train.build(config, _Vocab(args.vocab), mesh)

@@ -22,9 +22,9 @@ from diffusion_lm import config_base
 def get_config():
   c = config_base.base_config()
   c.model.update(num_layers=4, num_heads=4, head_dim=32, embed_dim=128,
-                 mlp_dim=384)
+                 mlp_dim=384, batch_slices=4)
   c.data.update(corpus="stdlib", tokenizer="byte", seq_len=128)
-  c.train.update(steps=1200, batch_size=32, batch_slices=4,
+  c.train.update(steps=1200, batch_size=32,
                  learning_rate=3e-3, warmup_steps=100, final_lr_fraction=0.0,
                  log_every=100, eval_every=600, checkpoint_every=600)
   c.eval.update(batch_size=64, batches_during_training=8, split="test")

@@ -18,17 +18,21 @@ from flax import nnx
 
 from diffusion_lm import checkpoints, errors, evaluation, models, parallel
 from diffusion_lm.data import pipeline
-from diffusion_lm.diffusion import samplers, schedules
+from diffusion_lm.diffusion import objective, samplers, schedules
 
 
 @dataclasses.dataclass(frozen=True)
 class Denoiser:
-  """(params, z, mask_rate) -> logits; hashable, as samplers require."""
+  """(params, z, mask_rate) -> logits; hashable, as samplers require. Rows
+  run in model.batch_slices slices (objective.in_slices)."""
 
   graphdef: nnx.GraphDef
 
   def __call__(self, params, z_BxL, mask_rate_B):
-    return nnx.merge(self.graphdef, params)(z_BxL, mask_rate_B)
+    model = nnx.merge(self.graphdef, params)
+    return objective.in_slices(lambda r: model(r["z"], r["rate"]),
+                               {"z": z_BxL, "rate": mask_rate_B},
+                               model.cfg.batch_slices)
 
 
 class DiffusionLM:

@@ -36,8 +36,9 @@ def make_eval_step(graphdef, param_shardings, mesh, mask_id: int,
                    num_t_samples: int):
   """jit(params, batch, key) -> NELBO estimates in nats, [num_t_samples, B]."""
   def eval_step(params, batch, key):
-    return objective.eval_nelbo(nnx.merge(graphdef, params), batch, key,
-                                mask_id, num_t_samples)
+    model = nnx.merge(graphdef, params)
+    return objective.eval_nelbo(model, batch, key, mask_id, num_t_samples,
+                                model.cfg.batch_slices)
 
   return jax.jit(
       eval_step,

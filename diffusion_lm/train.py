@@ -135,9 +135,9 @@ class Training:
 
 
 def build(config, tokenizer, mesh) -> Training:
-  slices, batch = config.train.batch_slices, config.train.batch_size
+  slices, batch = config.model.batch_slices, config.train.batch_size
   if slices < 1 or batch % slices:
-    raise errors.UserError(f"train.batch_slices={slices} must be a positive "
+    raise errors.UserError(f"model.batch_slices={slices} must be a positive "
                            f"divisor of train.batch_size={batch}")
   model_cfg = models.TransformerConfig.from_config(config.model,
                                                    tokenizer.vocab_size)
@@ -157,7 +157,7 @@ def build(config, tokenizer, mesh) -> Training:
       step=make_train_step(graphdef, optimizer,
                            schedules.from_config(config.diffusion),
                            tokenizer.mask_id, config.train.ema_decay,
-                           config.train.batch_slices, shardings, mesh))
+                           model_cfg.batch_slices, shardings, mesh))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

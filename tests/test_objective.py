@@ -34,7 +34,8 @@ def random_model(time_conditioning: bool):
   cfg = TransformerConfig(vocab_size=VOCAB, num_layers=1, num_heads=2, head_dim=4,
                           embed_dim=8, mlp_dim=16,
                           time_conditioning=time_conditioning, dtype="float32",
-                          rope_base=10_000.0, attention_impl="")
+                          rope_base=10_000.0, attention_impl="",
+                          batch_slices=1)
   graphdef, _ = models.abstract_model(cfg)
   params = models.init_params(cfg, jax.random.PRNGKey(1))
   # Large random weights (the head starts at zero) so predictions vary a lot.
@@ -245,3 +246,12 @@ def test_batch_slices_give_the_same_loss_and_gradient():
   assert float(value_1) > 0
   for g1, g4 in zip(jax.tree.leaves(grad_1), jax.tree.leaves(grad_4)):
     np.testing.assert_allclose(g4, g1, rtol=1e-5, atol=1e-6)
+  # Evaluation and the sampler's logits slice their rows the same way.
+  model = nnx.merge(graphdef, params)
+  one, four = (objective.eval_nelbo(model, batch, jax.random.PRNGKey(4), MASK, 3,
+                                    slices) for slices in (1, 4))
+  np.testing.assert_allclose(four, one, rtol=1e-5)
+  logits = lambda rows: model(rows["z"], rows["rate"])
+  rows = {"z": batch["tokens"], "rate": jnp.linspace(0.1, 0.9, 8)}
+  np.testing.assert_allclose(objective.in_slices(logits, rows, 4),
+                             logits(rows), rtol=1e-5, atol=1e-6)

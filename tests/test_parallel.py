@@ -35,8 +35,8 @@ def test_params_are_sharded_by_the_rules(tiny_config):
 
 
 def test_batch_slices_must_divide_the_batch(tiny_config):
-  tiny_config.train.batch_slices = 3
-  with pytest.raises(errors.UserError, match="train.batch_slices=3 .* "
+  tiny_config.model.batch_slices = 3
+  with pytest.raises(errors.UserError, match="model.batch_slices=3 .* "
                      "train.batch_size=8"):
     train.build(tiny_config, TOKENIZER, mesh(1, 1))
 
@@ -48,7 +48,7 @@ def test_train_step_on_8_devices_matches_one_device(tiny_config):
   batch_np = next(iter(pipeline.train_dataset(tiny_config, TOKENIZER)))
   results = []
   for m, slices in ((mesh(1, 1), 1), (mesh(4, 2), 2)):
-    tiny_config.train.batch_slices = slices
+    tiny_config.model.batch_slices = slices
     training = train.build(tiny_config, TOKENIZER, m)
     state = training.init()
     losses = []

@@ -33,6 +33,7 @@ class TransformerConfig:
   dtype: str
   rope_base: float
   attention_impl: str  # '' lets JAX choose; or 'xla', 'cudnn'
+  batch_slices: int  # Callers run rows in this many slices (objective.in_slices).
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int) -> "TransformerConfig":
@@ -211,3 +212,4 @@ class Transformer(nnx.Module):
       x = block(x, cos, sin, mask)
     x = self.final_norm(x)
     return dense(x, self.head[...], dtype).astype(jnp.float32)
+
