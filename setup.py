@@ -17,6 +17,7 @@ setuptools.setup(
         "grain>=0.2.18",
         "importlib-resources",  # Needed by tensorflow-datasets builders.
         "jax>=0.10.2",
+        "matplotlib>=3.8",  # Plots: benchmarks, diffusion_lm.plot, notebooks.
         "ml-collections>=1.1",
         "numpy>=2.0",
         "optax>=0.2.8",

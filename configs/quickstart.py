@@ -19,7 +19,7 @@ though the latter run 1.2x faster on a CPU.
 from diffusion_lm import config_base
 
 
-def get_config():
+def get_config(variant: str = ""):
   c = config_base.base_config()
   c.model.update(num_layers=4, num_heads=4, head_dim=32, embed_dim=128,
                  mlp_dim=384, batch_slices=4)
@@ -28,4 +28,4 @@ def get_config():
                  learning_rate=3e-3, warmup_steps=100, final_lr_fraction=0.0,
                  log_every=100, eval_every=600, checkpoint_every=600)
   c.eval.update(batch_size=64, batches_during_training=8, split="test")
-  return c
+  return config_base.variant(c, variant)

@@ -5,7 +5,9 @@
   lm.infill(["def ", 8, "(x):\\n"])      # 8 tokens generated between the parts
   lm.score(["import os\\n"])             # NELBO bound in bits per text
 
-Defaults for every sampling option come from the config's `sample` group.
+A checkpoint of the autoregressive twin loads as an AutoregressiveLM with the
+same `sample` and `score` (exact); its `infill` is an error. Defaults for
+every sampling option come from the config's `sample` group.
 """
 
 import dataclasses
@@ -16,7 +18,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from diffusion_lm import checkpoints, errors, evaluation, models, parallel
+from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
+                          models, parallel)
 from diffusion_lm.data import pipeline
 from diffusion_lm.diffusion import objective, samplers, schedules
 
@@ -35,8 +38,12 @@ class Denoiser:
                                model.cfg.batch_slices)
 
 
-class DiffusionLM:
-  """A trained masked diffusion LM: parameters, config and tokenizer."""
+class LanguageModel:
+  """A trained model: parameters, config and tokenizer; sample, score.
+
+  `load` returns a DiffusionLM or an AutoregressiveLM, by the checkpoint's
+  model.objective; both sample and score through this one API.
+  """
 
   def __init__(self, graphdef, params, config, tokenizer, mesh,
                step: int | None = None):
@@ -50,16 +57,12 @@ class DiffusionLM:
 
   def generate(self, init_BxL, *, seed: int | None = None,
                **options) -> samplers.SampleResult:
-    """Fills the [MASK] ids of init_BxL with the sampler of `options`
-    (samplers.SamplerOptions; unset ones from config.sample)."""
-    sample_config = self.config.sample
-    seed = sample_config.seed if seed is None else seed
-    return samplers.sample(
-        Denoiser(self.graphdef), self.params, jax.random.PRNGKey(seed),
-        init_BxL, mask_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
-        reads_mask_rate=self.config.model.time_conditioning,
-        options=samplers.make_options(sample_config, options),
-        schedule=schedules.from_config(self.config.diffusion))
+    """Fills the [MASK] ids of init_BxL (options: samplers.SamplerOptions
+    fields; unset ones from config.sample)."""
+    raise NotImplementedError
+
+  def _key(self, seed: int | None):
+    return jax.random.PRNGKey(self.config.sample.seed if seed is None else seed)
 
   def _template(self, parts, num_samples: int) -> np.ndarray:
     """[num_samples, L] ids: text parts fixed, integer parts masked."""
@@ -93,14 +96,6 @@ class DiffusionLM:
     init = self.prompt_template(prompt, num_samples, length)
     return self.texts(self.generate(init, seed=seed, **options))
 
-  def infill(self, parts, num_samples: int = 1, *, seed: int | None = None,
-             **options) -> list[str]:
-    """Fills the gaps of a template: strings are kept, an int n is n new tokens."""
-    if not any(isinstance(p, int) and p > 0 for p in parts):
-      raise errors.UserError("infill needs at least one positive integer gap in parts")
-    return self.texts(self.generate(self._template(parts, num_samples),
-                                    seed=seed, **options))
-
   def _eval_step(self, num_t_samples: int):
     if num_t_samples not in self._eval_steps:
       self._eval_steps[num_t_samples] = evaluation.make_eval_step(
@@ -110,14 +105,17 @@ class DiffusionLM:
 
   def score(self, texts: list[str], num_t_samples: int = 64,
             seed: int = 0) -> list[float]:
-    """NELBO upper bounds, in bits, one per text, scored as a training row.
+    """-log2 p(text) in bits, one per text, scored as a training row: NELBO
+    upper bounds (num_t_samples estimates each), exact for the
+    autoregressive twin.
 
     Each text becomes a document (its tokens, then EOS) alone in a row of
     data.seq_len tokens. A model trained with data.packing='pad' (and not
     data.condition_on_length) reads the rest of the row as EOS filler, as in
     training: the bound is on -log2 p(text), its length included. Otherwise
     the document sees only itself: the bound is on -log2 p(text | its length
-    in tokens).
+    in tokens) (for the causal twin, which never sees what follows, it is
+    -log2 p(text)).
     """
     if isinstance(texts, (str, bytes)):
       raise errors.UserError("score takes a list of texts, not one text")
@@ -138,7 +136,45 @@ class DiffusionLM:
     return list(nelbo_KxN.mean(axis=0)[:len(texts)] / math.log(2))
 
 
-def load(workdir: str, step: int | None = None, mesh=None) -> DiffusionLM:
+class DiffusionLM(LanguageModel):
+  """A masked diffusion LM: samples with any sampler, fills gaps."""
+
+  def generate(self, init_BxL, *, seed: int | None = None,
+               **options) -> samplers.SampleResult:
+    return samplers.sample(
+        Denoiser(self.graphdef), self.params, self._key(seed), init_BxL,
+        mask_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
+        reads_mask_rate=self.config.model.time_conditioning,
+        options=samplers.make_options(self.config.sample, options),
+        schedule=schedules.from_config(self.config.diffusion))
+
+  def infill(self, parts, num_samples: int = 1, *, seed: int | None = None,
+             **options) -> list[str]:
+    """Fills the gaps of a template: strings are kept, an int n is n new tokens."""
+    if not any(isinstance(p, int) and p > 0 for p in parts):
+      raise errors.UserError("infill needs at least one positive integer gap in parts")
+    return self.texts(self.generate(self._template(parts, num_samples),
+                                    seed=seed, **options))
+
+
+class AutoregressiveLM(LanguageModel):
+  """The autoregressive twin: continues prompts left to right with a KV cache."""
+
+  def generate(self, init_BxL, *, seed: int | None = None,
+               **options) -> samplers.SampleResult:
+    autoregressive.check_options(options)
+    return autoregressive.generate(
+        self.graphdef, self.params, self._key(seed), init_BxL,
+        bos_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
+        options=samplers.make_options(self.config.sample, options))
+
+  def infill(self, parts, num_samples: int = 1, **options) -> list[str]:
+    raise errors.UserError(
+        "infill needs a diffusion model: an autoregressive model writes left "
+        "to right and cannot see the text after a gap")
+
+
+def load(workdir: str, step: int | None = None, mesh=None) -> LanguageModel:
   """The model of the latest (or given) checkpoint in `workdir`.
 
   Config and tokenizer come from the checkpoint. Parameters (EMA when trained
@@ -155,4 +191,6 @@ def load(workdir: str, step: int | None = None, mesh=None) -> DiffusionLM:
   shardings = parallel.state_shardings(abstract_state, config.mesh.rules, mesh)
   target = parallel.with_shardings(nnx.to_pure_dict(abstract_state), shardings)
   params = checkpoints.restore_params(mngr, step, target, config.train)
-  return DiffusionLM(graphdef, params, config, tokenizer, mesh, step=step)
+  kind = (AutoregressiveLM if config.model.objective == "autoregressive"
+          else DiffusionLM)
+  return kind(graphdef, params, config, tokenizer, mesh, step=step)

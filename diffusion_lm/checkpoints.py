@@ -14,8 +14,9 @@ import os
 import grain
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
-from diffusion_lm import errors
+from diffusion_lm import config_base, errors
 from diffusion_lm.data import tokenizers
 
 
@@ -54,10 +55,25 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int, target: dict,
 
 
 def restore_metadata(mngr: ocp.CheckpointManager, step: int):
-  """(config, tokenizer) saved with the checkpoint at `step`."""
+  """(config, tokenizer) saved with the checkpoint at `step`.
+
+  The saved values go over today's defaults (config_base), so a field added
+  since the checkpoint was written takes its default; a saved field that no
+  longer exists is dropped with a warning.
+  """
   restored = mngr.restore(step, args=ocp.args.Composite(
       config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
-  config = ml_collections.ConfigDict(restored["config"])
+  config = config_base.base_config()
+  dropped = []
+  for group, fields in restored["config"].items():
+    for name, value in fields.items():
+      if group in config and name in config[group]:
+        config[group][name] = value
+      else:
+        dropped.append(f"{group}.{name}")
+  if dropped:
+    logging.warning("The checkpoint at step %d has config fields this version "
+                    "does not know (ignored): %s", step, ", ".join(dropped))
   return config, tokenizers.from_json(restored["tokenizer"])
 
 

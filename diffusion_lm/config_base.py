@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.model = dict(
+      # 'diffusion': the bidirectional denoiser trained with the NELBO;
+      # 'autoregressive': the same transformer, causal, trained on next tokens.
+      objective="diffusion",
       num_layers=4,
       num_heads=4,
       head_dim=32,
@@ -142,11 +145,21 @@ def _tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-VARIANTS = {"": lambda c: c, "tiny": _tiny}
+def _autoregressive(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The autoregressive twin: the same model, data and token budget."""
+  c.model.update(objective="autoregressive", time_conditioning=False)
+  return c
 
 
-def variant(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """A recipe as named after its path: `configs/text8.py:tiny` -> 'tiny'."""
-  if name not in VARIANTS:
-    raise ValueError(f"unknown config variant {name!r}; one of {sorted(VARIANTS)}")
-  return VARIANTS[name](c)
+VARIANTS = {"tiny": _tiny, "ar": _autoregressive}
+
+
+def variant(c: ml_collections.ConfigDict, names: str) -> ml_collections.ConfigDict:
+  """A recipe as named after its path: `configs/text8.py:tiny,ar` applies
+  'tiny' then 'ar' ('' = the recipe itself)."""
+  for name in filter(None, names.split(",")):
+    if name not in VARIANTS:
+      raise ValueError(
+          f"unknown config variant {name!r}; one of {sorted(VARIANTS)}")
+    c = VARIANTS[name](c)
+  return c

@@ -9,7 +9,9 @@
 
 All are upper bounds (the NELBO bounds -log p) on the likelihood of the
 documents, their lengths included; with `data.condition_on_length` they bound
--log p(documents | lengths) and their names end in `_given_length`.
+-log p(documents | lengths) and their names end in `_given_length`. For the
+autoregressive twin they are exact (autoregressive.sequence_nll), under the
+same names, with standard errors of 0.
 
 Each row's NELBO is estimated eval.num_t_samples times with the any-order
 form (objective.any_order_nelbo: unbiased, finite variance). Each `bits_per_*`
@@ -27,16 +29,20 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from diffusion_lm import parallel
+from diffusion_lm import autoregressive, parallel
 from diffusion_lm.data import pipeline
 from diffusion_lm.diffusion import objective
 
 
 def make_eval_step(graphdef, param_shardings, mesh, mask_id: int,
                    num_t_samples: int):
-  """jit(params, batch, key) -> NELBO estimates in nats, [num_t_samples, B]."""
+  """jit(params, batch, key) -> NELBO estimates in nats, [num_t_samples, B];
+  for the autoregressive twin, the exact -log p, [1, B]."""
   def eval_step(params, batch, key):
     model = nnx.merge(graphdef, params)
+    if model.cfg.causal:
+      return autoregressive.sequence_nll(model, batch, mask_id,
+                                         model.cfg.batch_slices)[None]
     return objective.eval_nelbo(model, batch, key, mask_id, num_t_samples,
                                 model.cfg.batch_slices)
 
@@ -55,13 +61,17 @@ def nelbos(eval_step, params, batches, mesh, key) -> np.ndarray:
   return np.concatenate(jax.device_get(out), axis=1).astype(np.float64)
 
 
-def bounds(nelbo_KxN, tokens_N, bytes_N, suffix: str = "") -> dict:
+def bounds(nelbo_KxN, tokens_N, bytes_N, suffix: str = "",
+           exact: bool = False) -> dict:
   """Bits per token / byte, perplexity and standard errors (module doc) of
-  rows with these NELBO estimates (nats) and counts."""
+  rows with these NELBO estimates (nats) and counts; exact: the numbers are
+  exact -log p (the autoregressive twin), with no Monte Carlo error."""
   k, n = nelbo_KxN.shape
   row_nats = nelbo_KxN.mean(axis=0)
   total = row_nats.sum()
-  if k >= 2:
+  if exact:
+    variance = 0.0
+  elif k >= 2:
     variance = np.sum(nelbo_KxN.var(axis=0, ddof=1) / k)
   else:  # Residuals of the ratio estimator total / tokens, row by row.
     residual = row_nats - total * tokens_N / tokens_N.sum()
@@ -82,7 +92,10 @@ class EvalSplit:
     self.name = split
     self.batch_size = config.eval.batch_size
     self.seed = config.eval.seed
-    self.suffix = "_given_length" if config.data.condition_on_length else ""
+    # A causal model is not told a document's length by its segment.
+    self.exact = config.model.objective == "autoregressive"
+    self.suffix = ("_given_length" if config.data.condition_on_length
+                   and not self.exact else "")
     packed = pipeline.pack_split(config, tokenizer, split)
     content = packed.pop("content")
     self.packed = packed
@@ -112,7 +125,7 @@ class EvalSplit:
                        jax.random.PRNGKey(self.seed))
     n = min(nelbo_KxN.shape[1], len(self.row_tokens))  # Drop filled-up rows.
     result = bounds(nelbo_KxN[:, :n], self.row_tokens[:n], self.row_bytes[:n],
-                    self.suffix)
+                    self.suffix, self.exact)
     if self.truncated:
       result["truncated_documents"] = self.truncated
     return result

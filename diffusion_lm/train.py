@@ -17,8 +17,8 @@ import optax
 from absl import logging
 from flax import nnx
 
-from diffusion_lm import (checkpoints, errors, evaluation, metrics, models,
-                          parallel)
+from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
+                          metrics, models, parallel)
 from diffusion_lm.data import corpora, pipeline, tokenizers
 from diffusion_lm.diffusion import objective, schedules
 
@@ -72,19 +72,29 @@ def state_shardings(abstract_state, param_shardings, optimizer, mesh) -> dict:
   return shardings
 
 
-def make_train_step(graphdef, optimizer, schedule, mask_id: int,
-                    ema_decay: float, batch_slices: int, shardings, mesh):
+def make_loss(model_cfg, schedule, mask_id: int):
+  """loss(model, batch, key) of the run's objective, in nats per scored
+  position: the NELBO, or for the autoregressive twin the next-token loss."""
+  slices = model_cfg.batch_slices
+  if model_cfg.causal:
+    return lambda model, batch, key: autoregressive.train_loss(
+        model, batch, mask_id, slices)
+  return lambda model, batch, key: objective.train_loss(
+      model, batch, key, schedule, mask_id, slices)
+
+
+def make_train_step(graphdef, optimizer, loss, ema_decay: float, shardings,
+                    mesh):
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated."""
 
   def train_step(state, batch):
     step, rng = state["loop"]["step"], state["loop"]["rng"]
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params)
-      return objective.train_loss(model, batch, jax.random.fold_in(rng, step),
-                                  schedule, mask_id, batch_slices)
+      return loss(nnx.merge(graphdef, params), batch,
+                  jax.random.fold_in(rng, step))
 
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    value, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"],
                                           state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -93,7 +103,7 @@ def make_train_step(graphdef, optimizer, schedule, mask_id: int,
     if "ema" in state:
       new_state["ema"] = optax.incremental_update(params, state["ema"],
                                                   1.0 - ema_decay)
-    return new_state, {"train/loss": loss,
+    return new_state, {"train/loss": value,
                        "train/grad_norm": optax.tree.norm(grads)}
 
   batch_sharding = parallel.batch_sharding(mesh)
@@ -154,10 +164,11 @@ def build(config, tokenizer, mesh) -> Training:
       param_shardings=param_shardings,
       state_target=parallel.with_shardings(abstract_state, shardings),
       init=jax.jit(init_fn, out_shardings=shardings),
-      step=make_train_step(graphdef, optimizer,
-                           schedules.from_config(config.diffusion),
-                           tokenizer.mask_id, config.train.ema_decay,
-                           model_cfg.batch_slices, shardings, mesh))
+      step=make_train_step(
+          graphdef, optimizer,
+          make_loss(model_cfg, schedules.from_config(config.diffusion),
+                    tokenizer.mask_id),
+          config.train.ema_decay, shardings, mesh))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

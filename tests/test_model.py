@@ -10,8 +10,9 @@ from flax import nnx
 from diffusion_lm import errors, models
 from diffusion_lm.models.transformer import Transformer, TransformerConfig
 
-CFG = TransformerConfig(vocab_size=11, num_layers=2, num_heads=2, head_dim=8,
-                        embed_dim=16, mlp_dim=32, time_conditioning=False,
+CFG = TransformerConfig(vocab_size=11, objective="diffusion", num_layers=2,
+                        num_heads=2, head_dim=8, embed_dim=16, mlp_dim=32,
+                        time_conditioning=False,
                         dtype="float32", rope_base=10_000.0, attention_impl="",
                         batch_slices=1)
 

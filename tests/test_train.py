@@ -99,3 +99,21 @@ def test_train_log_writes_one_step_behind_with_throughput(monkeypatch):
   assert r5["train/mfu"] == pytest.approx(5 * 1e3 / 10 / 1e4)
   assert r10["train/tokens_per_s"] == pytest.approx(5 * 100 / 20)
   assert r15["train/tokens_per_s"] == pytest.approx(5 * 100 / 10)
+
+
+def test_old_checkpoint_configs_take_todays_defaults(tiny_config, tmp_path):
+  # Bug caught: a checkpoint written before a config field existed (or after
+  # one was removed) that no longer loads.
+  mesh = mesh_1()
+  training = train.build(tiny_config, TOKENIZER, mesh)
+  data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))
+  old = tiny_config.copy_and_resolve_references()
+  with old.unlocked():
+    del old.model["batch_slices"]
+    old.train.retired_field = 1
+  mngr = checkpoints.manager(str(tmp_path))
+  checkpoints.save(mngr, 0, training.init(), data, old, TOKENIZER)
+  mngr.wait_until_finished()
+  config, _ = checkpoints.restore_metadata(mngr, 0)
+  assert config.model.batch_slices == 1 and "retired_field" not in config.train
+  assert config.model.embed_dim == tiny_config.model.embed_dim

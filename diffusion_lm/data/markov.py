@@ -163,14 +163,17 @@ def document_log2_probs(params: Mapping, docs) -> np.ndarray:
   return np.array(bits)
 
 
-def sample_documents(params: Mapping) -> np.ndarray:
+def sample_documents(params: Mapping,
+                     rng: np.random.Generator | None = None) -> np.ndarray:
   """All documents' symbols at full length, uint8 [num_documents,
-  document_length] (0 = 'a'): the generator continues after drawing the
-  transitions."""
+  document_length] (0 = 'a'): drawn by the corpus's generator, which
+  continues after drawing the transitions, or by `rng` (fresh documents of
+  the same chain)."""
   p = checked_params(params)
   a, k = p["alphabet_size"], p["order"]
   num_docs, length = p["num_documents"], p["document_length"]
-  rng, transitions = _draw_chain(p)
+  corpus_rng, transitions = _draw_chain(p)
+  rng = rng or corpus_rng
   pi = stationary_distribution(transitions, k)
   states = rng.choice(len(pi), size=num_docs, p=pi)
   docs = np.empty((num_docs, length), np.uint8)

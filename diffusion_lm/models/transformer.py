@@ -1,11 +1,14 @@
-"""The denoiser: a pre-norm transformer in Flax NNX (RoPE, RMSNorm, gated MLP).
+"""The network: a pre-norm transformer in Flax NNX (RoPE, RMSNorm, gated MLP).
 
-Every parameter carries `logical_axes` metadata (names such as 'embed', 'mlp'), which
+Bidirectional for diffusion (the denoiser); causal, with a KV-cache decoder,
+for the autoregressive twin (`model.objective='autoregressive'`). Every
+parameter carries `logical_axes` metadata (names such as 'embed', 'mlp'), which
 `parallel.py` maps to mesh axes with the rules in `config.mesh.rules`.
 Parameters are kept in float32; matmuls run in `dtype`; logits are float32.
 
 The input vocabulary has one more id than the output: the [MASK] id
-(= vocab_size) can be read but is never predicted (SUBS parameterisation).
+(= vocab_size) can be read but is never predicted (SUBS parameterisation);
+the autoregressive twin reads it as its beginning-of-sequence token.
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ class TransformerConfig:
   """The model's shape and numerics: `config.model` plus the vocabulary."""
 
   vocab_size: int  # predicted ids; the input also takes [MASK] = vocab_size
+  objective: str  # 'diffusion' (bidirectional) | 'autoregressive' (causal)
   num_layers: int
   num_heads: int
   head_dim: int
@@ -45,7 +49,21 @@ class TransformerConfig:
       raise errors.UserError(
           f"config.model must have exactly the fields {sorted(fields)}; "
           f"missing {sorted(fields - given)}, unknown {sorted(given - fields)}")
+    if model_config.objective not in OBJECTIVES:
+      raise errors.UserError(f"model.objective={model_config.objective!r} is "
+                             f"not one of {list(OBJECTIVES)}")
+    if model_config.objective == "autoregressive" and model_config.time_conditioning:
+      raise errors.UserError("model.time_conditioning=True needs "
+                             "model.objective='diffusion' (no masking rate in "
+                             "next-token prediction)")
     return cls(vocab_size=vocab_size, **{k: model_config[k] for k in fields})
+
+  @property
+  def causal(self) -> bool:
+    return self.objective == "autoregressive"
+
+
+OBJECTIVES = ("diffusion", "autoregressive")
 
 
 def _param(rngs, shape, axes, stddev):
@@ -108,21 +126,33 @@ class Attention(nnx.Module):
     self.out = _param(rngs, (h, k, d), ("heads", "head_dim", "embed"),
                       (h * k)**-0.5 / math.sqrt(2 * cfg.num_layers))
 
-  def __call__(self, x_BxLxD, cos, sin, mask_Bx1xLxL=None):
-    b, l, _ = x_BxLxD.shape
-    qkv_BxLx3xHxK = dense(x_BxLxD, self.qkv[...], x_BxLxD.dtype)
+  def __call__(self, x_BxTxD, cos, sin, mask_Bx1xTxS=None, cache=None,
+               start=0):
+    """Attention of T positions; returns (output, their keys and values).
+
+    With a `cache` (keys and values [B, S, H, K] of S positions), the T new
+    ones are written at positions start .. start + T - 1 and attend to the
+    whole cache under mask_Bx1xTxS; the updated cache is returned.
+    """
+    b, t, _ = x_BxTxD.shape
+    qkv_BxTx3xHxK = dense(x_BxTxD, self.qkv[...], x_BxTxD.dtype)
     # split, not indexing: its gradient is one concatenation, not three pads.
-    q, k, v = (t[:, :, 0] for t in jnp.split(qkv_BxLx3xHxK, 3, axis=2))
+    q, k, v = (x[:, :, 0] for x in jnp.split(qkv_BxTx3xHxK, 3, axis=2))
     # The 1/sqrt(head_dim) logit scale rides on the query's rotation tables:
     # a scale inside the attention costs XLA a full pass over [B, H, L, L].
     scale = self.cfg.head_dim**-0.5
-    y_BxLxHxK = jax.nn.dot_product_attention(
-        apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin), v,
-        mask=mask_Bx1xLxL, scale=1.0,
+    q, k = apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin)
+    if cache is not None:
+      k, v = (jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), start,
+                                                  axis=1)
+              for c, new in zip(cache, (k, v)))
+    y_BxTxHxK = jax.nn.dot_product_attention(
+        q, k, v, mask=mask_Bx1xTxS, scale=1.0,
+        is_causal=self.cfg.causal and cache is None,
         implementation=self.cfg.attention_impl or None)
     out = self.out[...]
-    return dense(y_BxLxHxK.reshape(b, l, -1), out.reshape(-1, out.shape[-1]),
-                 x_BxLxD.dtype)
+    return dense(y_BxTxHxK.reshape(b, t, -1), out.reshape(-1, out.shape[-1]),
+                 x_BxTxD.dtype), (k, v)
 
 
 class GatedMLP(nnx.Module):
@@ -150,9 +180,10 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.embed_dim)
     self.mlp = GatedMLP(cfg, rngs)
 
-  def __call__(self, x, cos, sin, mask):
-    x = x + self.attn(self.attn_norm(x), cos, sin, mask)
-    return x + self.mlp(self.mlp_norm(x))
+  def __call__(self, x, cos, sin, mask, cache=None, start=0):
+    y, kv = self.attn(self.attn_norm(x), cos, sin, mask, cache, start)
+    x = x + y
+    return x + self.mlp(self.mlp_norm(x)), kv
 
 
 def timestep_features(mask_rate_B, dim: int):
@@ -185,7 +216,8 @@ class Transformer(nnx.Module):
   """tokens [B, L] int -> logits [B, L, vocab_size] float32.
 
   Optional: the masking rate [B] (read with time conditioning) and segment ids
-  [B, L] (positions attend only to keys of their own segment).
+  [B, L] (positions attend only to keys of their own segment). A causal
+  model also decodes with a cache of keys and values (`init_cache`, `decode`).
   """
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
@@ -200,16 +232,43 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BxL, mask_rate_B=None, segment_ids_BxL=None):
     cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
-    x = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dtype)
+    x = self._embed(tokens_BxL)
     if self.time_embed is not None:
       if mask_rate_B is None:
         raise ValueError("model.time_conditioning=True needs the masking rate")
-      x = x + self.time_embed(mask_rate_B, dtype)[:, None, :]
+      x = x + self.time_embed(mask_rate_B, x.dtype)[:, None, :]
     cos, sin = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_base)
     mask = None if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
     for block in self.blocks:
-      x = block(x, cos, sin, mask)
-    x = self.final_norm(x)
-    return dense(x, self.head[...], dtype).astype(jnp.float32)
+      x, _ = block(x, cos, sin, mask)
+    return self._logits(x)
+
+  def _embed(self, tokens):
+    return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
+
+  def _logits(self, x):
+    return dense(self.final_norm(x), self.head[...],
+                 jnp.dtype(self.cfg.dtype)).astype(jnp.float32)
+
+  def init_cache(self, batch: int, length: int) -> list:
+    """Empty keys and values of `length` positions, per layer."""
+    cfg = self.cfg
+    shape = (batch, length, cfg.num_heads, cfg.head_dim)
+    return [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+            for _ in self.blocks]
+
+  def decode(self, tokens_BxT, cache: list, start):
+    """Causal logits of T tokens at positions start .. start + T - 1 (the
+    cache holds every position before them); returns (logits, cache)."""
+    cfg = self.cfg
+    t, length = tokens_BxT.shape[1], cache[0][0].shape[1]
+    cos, sin = (jax.lax.dynamic_slice_in_dim(table, start, t)
+                for table in rope_tables(length, cfg.head_dim, cfg.rope_base))
+    query_T = start + jnp.arange(t)
+    mask_1x1xTxS = (jnp.arange(length)[None, :] <= query_T[:, None])[None, None]
+    x, new_cache = self._embed(tokens_BxT), []
+    for block, layer_cache in zip(self.blocks, cache):
+      x, kv = block(x, cos, sin, mask_1x1xTxS, layer_cache, start)
+      new_cache.append(kv)
+    return self._logits(x), new_cache
 
