@@ -66,19 +66,18 @@ def check_options(explicit) -> None:
 
 
 def prompt_length(init_BxL, mask_id: int) -> int:
-  """The length of the fixed prefix every row shares; a [MASK] before fixed
-  text (a gap to fill) is an error."""
-  init = np.asarray(init_BxL)
-  masked = init == mask_id
-  if not masked.any():
-    raise errors.UserError("nothing to generate: the template has no [MASK]")
-  length = int(np.argmax(masked[0])) if masked[0].any() else init.shape[1]
-  if not (np.all(masked[:, length:]) and not np.any(masked[:, :length])):
+  """The shortest fixed prefix of the rows (each row: a prompt, then only
+  [MASK]); a [MASK] before fixed text (a gap to fill) is an error."""
+  masked = np.asarray(init_BxL) == mask_id
+  if not masked.any(axis=1).all():
+    raise errors.UserError("nothing to generate: a row of the template has no "
+                           "[MASK]")
+  if np.any(masked[:, :-1] & ~masked[:, 1:]):
     raise errors.UserError(
         "an autoregressive model writes left to right: it continues a prompt "
         "but cannot fill a gap before fixed text (use a diffusion model's "
         "infill)")
-  return length
+  return int(np.argmax(masked, axis=1).min())
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "bos_id",
@@ -96,14 +95,19 @@ def _generate(graphdef, params, key, init_BxL, *, prompt_len: int, bos_id: int,
 
   def body(c):
     i, tokens_BxL, cache, logits_BxV, done_B, calls_B, length_B, commit_BxL = c
+    # Rows with a longer prompt read it on (teacher forcing) before drawing.
+    given_B = jax.lax.dynamic_index_in_dim(init_BxL, i, axis=1, keepdims=False)
+    fixed_B = given_B != bos_id
     drawn_B = draw(jax.random.fold_in(key, i), logits_BxV)
     drawn_B = jnp.where(done_B, eos_id if eos_id is not None else 0, drawn_B)
+    drawn_B = jnp.where(fixed_B, given_B, drawn_B)
     tokens_BxL = jax.lax.dynamic_update_slice_in_dim(
         tokens_BxL, drawn_B[:, None], i, axis=1)
     commit_BxL = jax.lax.dynamic_update_slice_in_dim(
-        commit_BxL, jnp.where(done_B, -1, i - prompt_len)[:, None], i, axis=1)
+        commit_BxL, jnp.where(done_B | fixed_B, -1, i - prompt_len)[:, None], i,
+        axis=1)
     if options.stop_at_eos:
-      stops_B = ~done_B & (drawn_B == eos_id)
+      stops_B = ~done_B & ~fixed_B & (drawn_B == eos_id)
       length_B = jnp.where(stops_B, i, length_B)
       done_B = done_B | stops_B
     more = i + 1 < l
@@ -133,11 +137,13 @@ def _last(logits_and_cache):
 
 def generate(graphdef, params, key, init_BxL, *, bos_id: int, eos_id,
              options: samplers.SamplerOptions) -> samplers.SampleResult:
-  """Continues the prompt that every row of init_BxL starts with (then
-  [MASK] = bos_id up to the end) left to right, one token per network call.
+  """Continues the prompt each row of init_BxL starts with (then [MASK] =
+  bos_id up to the end) left to right, one token per network call. The
+  shortest prompt is read in one call (prefill); rows with longer prompts
+  read the rest one token per call.
 
-  commit_step_BxL counts iterations after the prompt (the prompt: -1);
-  calls_B counts the prefill as one call.
+  commit_step_BxL counts iterations after the shortest prompt (prompt
+  positions: -1); calls_B counts the prefill as one call.
   """
   if options.stop_at_eos and eos_id is None:
     raise errors.UserError("sample.stop_at_eos needs a tokenizer with EOS")

@@ -83,6 +83,20 @@ def test_generate_at_temperature_zero_is_the_greedy_continuation(model):
                                 [-1, -1, -1, 0, 1, 2, 3, 4])
 
 
+def test_rows_with_longer_prompts_read_them_on(model):
+  # Bug caught: a row's longer prompt overwritten by drawn tokens, or drawn
+  # from logits that did not see it.
+  graphdef, params = nnx.split(model)
+  init = np.array([[3, 1, 4, 1] + [BOS] * 4, [2, 7] + [BOS] * 6], np.int32)
+  result = autoregressive.generate(
+      graphdef, params, jax.random.PRNGKey(0), init, bos_id=BOS, eos_id=None,
+      options=samplers.SamplerOptions(temperature=0.0))
+  np.testing.assert_array_equal(result.tokens_BxL, [
+      greedy_by_full_forward(model, [3, 1, 4, 1], 8),
+      greedy_by_full_forward(model, [2, 7], 8)])
+  np.testing.assert_array_equal(result.commit_step_BxL[0][:4], -1)
+
+
 def test_rows_stop_at_their_eos(model):
   # Bug caught: a finished row that goes on calling or writing tokens.
   graphdef, params = nnx.split(model)
