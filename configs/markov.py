@@ -19,7 +19,7 @@ def get_config(variant: str = ""):
   c.model.update(num_layers=4, num_heads=4, head_dim=32, embed_dim=128,
                  mlp_dim=384, batch_slices=4)
   c.data.update(corpus="markov", packing="pad", seq_len=64)
-  c.data.markov.update(alphabet_size=8, order=1, concentration=0.3,
+  c.data.markov.update(alphabet_size=8, order=1, concentration=0.1,
                        num_documents=20_000, document_length=63, seed=0)
   c.train.update(steps=2000, batch_size=32, learning_rate=3e-3,
                  warmup_steps=100, final_lr_fraction=0.0, log_every=200,

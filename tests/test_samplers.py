@@ -548,3 +548,20 @@ def test_zero_temperature_is_greedy():
   logits = jnp.log(jnp.array([[0.2, 0.5, 0.3]]))
   draws = samplers.draw_tokens(jax.random.PRNGKey(0), logits, 0.0, 1.0, False)
   assert int(draws[0]) == 1
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "entropy_bounded", "remdm"])
+def test_one_dispatch_and_no_host_round_trips(sampler):
+  # Bug caught: a Python loop over steps (one dispatch and a host sync per
+  # step) or a host callback inside the jitted loop.
+  table = jnp.asarray(JOINTS["sparse"], jnp.float32)
+  key, init = jax.random.PRNGKey(0), jnp.asarray(INIT)
+  opts = options(sampler)
+  lowered = samplers._sample.lower(  # pylint: disable=protected-access
+      Oracle(), table, key, init, mask_id=MASK, eos_id=None,
+      reads_mask_rate=False, options=opts, schedule=schedules.Linear())
+  assert "callback" not in lowered.as_text()
+  with jax.transfer_guard("disallow"):  # No implicit host <-> device copies.
+    jax.block_until_ready(samplers.sample(
+        Oracle(), table, key, init, mask_id=MASK, eos_id=None,
+        reads_mask_rate=False, options=opts))
