@@ -12,14 +12,16 @@ every sampling option come from the config's `sample` group.
 
 import dataclasses
 import math
+import numbers
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
-                          models, parallel)
+                          models, parallel, validation)
 from diffusion_lm.data import pipeline
 from diffusion_lm.diffusion import objective, samplers, schedules
 
@@ -65,18 +67,29 @@ class LanguageModel:
     return jax.random.PRNGKey(self.config.sample.seed if seed is None else seed)
 
   def _template(self, parts, num_samples: int) -> np.ndarray:
-    """[num_samples, L] ids: text parts fixed, integer parts masked."""
+    """[num_samples, L] ids: text parts fixed, integer parts masked; L at most
+    data.seq_len."""
+    if not (isinstance(num_samples, numbers.Integral) and num_samples >= 1):
+      raise errors.UserError(f"num_samples must be an integer >= 1, got "
+                             f"{num_samples!r}")
     ids = [np.full(p, self.tokenizer.mask_id, np.int32) if isinstance(p, int)
            else self.tokenizer.encode(p) for p in parts]
-    return np.tile(np.concatenate(ids), (num_samples, 1))
+    template = np.concatenate(ids)
+    validation.check_sample_length(len(template), self.config.data.seq_len,
+                                   "the sample")
+    return np.tile(template, (num_samples, 1))
 
   def prompt_template(self, prompt: str = "", num_samples: int | None = None,
                       length: int | None = None) -> np.ndarray:
-    """[num_samples, length] ids: the prompt, then [MASK] (defaults from
-    config.sample; length 0 there means data.seq_len)."""
+    """[num_samples, length] ids: the prompt, then [MASK] (None: the defaults
+    of config.sample; its length 0 means data.seq_len)."""
     sample_config = self.config.sample
-    num_samples = num_samples or sample_config.num_samples
-    length = length or sample_config.length or self.config.data.seq_len
+    if num_samples is None:
+      num_samples = sample_config.num_samples
+    if length is None:
+      length = sample_config.length or self.config.data.seq_len
+    if not (isinstance(length, numbers.Integral) and length >= 1):
+      raise errors.UserError(f"length must be an integer >= 1, got {length!r}")
     prompt_len = len(self.tokenizer.encode(prompt))
     if prompt_len >= length:
       raise errors.UserError(
@@ -119,6 +132,8 @@ class LanguageModel:
     """
     if isinstance(texts, (str, bytes)):
       raise errors.UserError("score takes a list of texts, not one text")
+    if not texts:
+      return []
     data = self.config.data.copy_and_resolve_references()
     data.condition_on_length = data.condition_on_length or data.packing == "wrap"
     eos = [] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id]
@@ -174,23 +189,44 @@ class AutoregressiveLM(LanguageModel):
         "to right and cannot see the text after a gap")
 
 
-def load(workdir: str, step: int | None = None, mesh=None) -> LanguageModel:
-  """The model of the latest (or given) checkpoint in `workdir`.
+# Fields of config.data that say where data is read and prepared: they come
+# from the caller, never from a checkpoint.
+DATA_LOCATIONS = ("data_dir", "files")
 
-  Config and tokenizer come from the checkpoint. Parameters (EMA when trained
-  with it) are placed on `mesh` with the config's sharding rules; the default
-  mesh puts every device on the fsdp axis, so each holds a slice of them.
+
+def load(workdir: str, step: int | None = None, mesh=None, *,
+         data_dir: str = "", files: str = "") -> LanguageModel:
+  """The model of the newest intact (or the given) checkpoint in `workdir`.
+
+  Config and tokenizer come from the checkpoint, except `data.data_dir` and
+  `data.files`, which are these arguments (a difference from the checkpoint's
+  is logged). A newest checkpoint that cannot be read or fails its checksums
+  is passed over for the one before, with a warning; non-finite parameters
+  are an error. Parameters (EMA when trained with it) are placed on `mesh`
+  with the config's sharding rules; the default mesh puts every device on
+  the fsdp axis, so each holds a slice of them.
   """
   mngr = checkpoints.manager(workdir, read_only=True)
-  step = checkpoints.latest_step_or_raise(mngr, workdir) if step is None else step
-  config, tokenizer = checkpoints.restore_metadata(mngr, step)
-  graphdef, abstract_state = models.abstract_model(
-      models.TransformerConfig.from_config(config.model, tokenizer.vocab_size))
   if mesh is None:
     mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1}))
-  shardings = parallel.state_shardings(abstract_state, config.mesh.rules, mesh)
-  target = parallel.with_shardings(nnx.to_pure_dict(abstract_state), shardings)
-  params = checkpoints.restore_params(mngr, step, target, config.train)
+
+  def restore(s):
+    config, tokenizer = checkpoints.restore_metadata(mngr, s)
+    graphdef, abstract_state = models.abstract_model(
+        models.TransformerConfig.from_config(config.model, tokenizer.vocab_size))
+    shardings = parallel.state_shardings(abstract_state, config.mesh.rules, mesh)
+    target = parallel.with_shardings(nnx.to_pure_dict(abstract_state), shardings)
+    return (config, tokenizer, graphdef,
+            checkpoints.restore_params(mngr, s, target, config.train))
+
+  step, (config, tokenizer, graphdef, params), _ = checkpoints.newest_intact(
+      mngr, restore, checkpoints.steps_to_try(mngr, workdir, step))
+  given = {"data_dir": data_dir, "files": files}
+  changed = [f"data.{k}={v!r} (the checkpoint's: {config.data[k]!r})"
+             for k, v in given.items() if config.data[k] != v]
+  if changed:
+    logging.info("Data locations come from the caller: %s", ", ".join(changed))
+  config.data.update(given)
   kind = (AutoregressiveLM if config.model.objective == "autoregressive"
           else DiffusionLM)
   return kind(graphdef, params, config, tokenizer, mesh, step=step)

@@ -1,23 +1,56 @@
 """Orbax checkpoints under <workdir>/checkpoints/<step>/.
 
 Each checkpoint holds one item per entry of the train state (`params`,
-`opt_state`, `ema` when on, `loop` = step and RNG), the data iterator's
-position (`data`, per process), and the `config` and `tokenizer` as JSON, so a
-checkpoint alone is enough to resume training or to sample. Orbax writes each
-step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact. Restoring places every array
-with the sharding of the abstract target, which may be a different mesh.
+`opt_state`, `ema` when on, `loop` = step and RNG, `health` = skipped steps),
+the data iterator's position (`data`, per process), the `config` and
+`tokenizer` as JSON, so a checkpoint alone is enough to resume training or to
+sample, and `checksums` (JSON): a checksum of every array of the state, the
+same on any mesh, and a SHA-256 of the config and of the tokenizer. Orbax
+writes each step into a temporary directory and renames it when complete, so
+a run killed mid-save leaves the previous checkpoint intact. Restoring places
+every array with the sharding of the abstract target, which may be a
+different mesh.
+
+Integrity: restoring verifies the checksums (checkpoints written before they
+existed are taken as they are) and refuses arrays that are not finite.
+`newest_intact` falls back from a checkpoint that cannot be read or fails its
+checksums to the newest one that passes, logging which and why; training
+moves the failed ones out of orbax's way, to <workdir>/unreadable_checkpoints/
+(nothing is deleted). `save` refuses a train state with a non-finite value, so
+rotation (train.max_checkpoints) never removes the last finite checkpoint.
 """
 
+import contextlib
+import hashlib
+import json
+import logging as std_logging
 import os
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import grain
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from diffusion_lm import config_base, errors
 from diffusion_lm.data import tokenizers
+
+CHECKSUMS = "checksums"
+UNREADABLE = "unreadable_checkpoints"  # In the workdir: failed checkpoints.
+# Train-state items newer than some checkpoints: restored as zeros from those.
+_ADDED_ITEMS = ("health",)
+_T = TypeVar("_T")
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint whose contents differ from the checksums saved with it."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -32,40 +65,177 @@ def manager(workdir: str, max_to_keep: int = 2,
           max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
 
 
+# ---------------------------------------------------------------- Checksums
+
+
+def _as_uint32(x):
+  """An array's bits as uint32 (8-byte values as two)."""
+  if x.dtype.itemsize in (4, 8):
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if x.dtype.itemsize == 2:
+    return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+  return x.astype(jnp.uint32)
+
+
+def _checksum(x):
+  """A uint32 hash of an array's values and positions: murmur3's finaliser
+  of every element's bits mixed with its index, summed modulo 2^32. Integer
+  arithmetic is exact in any order, so the sum is the same on any mesh."""
+  bits = _as_uint32(x)
+  index, stride = jnp.zeros(bits.shape, jnp.uint32), 1
+  for axis in reversed(range(bits.ndim)):
+    index += (jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis)
+              * jnp.uint32(stride % 2**32))
+    stride *= bits.shape[axis]
+  h = bits ^ (index * jnp.uint32(0x9E3779B9))
+  h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+  h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+  return jnp.sum(h ^ (h >> 16), dtype=jnp.uint32)
+
+
+def _finite(x):
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.all(jnp.isfinite(x))
+  return jnp.bool_(True)
+
+
+@jax.jit
+def _fingerprints(items):
+  return jax.tree.map(_checksum, items), jax.tree.map(_finite, items)
+
+
+def fingerprint(items: dict) -> tuple[dict[str, dict[str, int]], list[str]]:
+  """Checksums of a dict of array trees ({item: {path: checksum}}) and the
+  names of the arrays holding a NaN or an infinity ("params['embed']")."""
+  sums, finite = jax.device_get(_fingerprints(items))
+  checksums = {name: {} for name in items}
+  for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]:
+    checksums[path[0].key][jax.tree_util.keystr(path[1:])] = int(value)
+  nonfinite = [path[0].key + jax.tree_util.keystr(path[1:])
+               for path, ok in jax.tree_util.tree_flatten_with_path(finite)[0]
+               if not ok]
+  return checksums, nonfinite
+
+
+def _digest(value) -> str:
+  """SHA-256 of a JSON item as it reads back (tuples as lists)."""
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+  more = f" and {len(names) - most} more" if len(names) > most else ""
+  return ", ".join(names[:most]) + more
+
+
+# --------------------------------------------------------------------- Save
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator,
          config: ml_collections.ConfigDict, tokenizer) -> None:
-  """Starts an asynchronous save of everything needed to resume or sample."""
+  """Starts an asynchronous save of everything needed to resume or sample,
+  with its checksums; a state holding a non-finite value is refused."""
+  checksums, nonfinite = fingerprint(state)
+  if nonfinite:
+    raise errors.UserError(
+        f"not saving the train state of step {step}: {_listed(nonfinite)} "
+        f"hold NaN or infinite values; the checkpoints in {mngr.directory} "
+        "are kept")
+  config_json, tokenizer_json = config.to_dict(), tokenizer.to_json()
   items = {name: ocp.args.StandardSave(value) for name, value in state.items()}
   mngr.save(step, force=True, args=ocp.args.Composite(
       data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(config.to_dict()),
-      tokenizer=ocp.args.JsonSave(tokenizer.to_json()),
+      config=ocp.args.JsonSave(config_json),
+      tokenizer=ocp.args.JsonSave(tokenizer_json),
+      checksums=ocp.args.JsonSave({
+          "arrays": checksums,
+          "json": {"config": _digest(config_json),
+                   "tokenizer": _digest(tokenizer_json)}}),
       **items))
 
 
-def restore_train_state(mngr: ocp.CheckpointManager, step: int, target: dict,
-                        data_iterator) -> dict:
-  """The train state at `step`, placed as `target` (ShapeDtypeStructs with
-  shardings) says; moves the data iterator to where it was."""
-  items = {name: ocp.args.StandardRestore(value)
-           for name, value in target.items()}
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      data=grain.checkpoint.CheckpointRestore(data_iterator), **items))
-  return {name: restored[name] for name in target}
+# ------------------------------------------------------------------ Restore
 
 
-def restore_metadata(mngr: ocp.CheckpointManager, step: int):
-  """(config, tokenizer) saved with the checkpoint at `step`.
+def _saved_items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
+  return {p.name for p in (mngr.directory / str(step)).iterdir()}
 
-  The saved values go over today's defaults (config_base), so a field added
-  since the checkpoint was written takes its default; a saved field that no
-  longer exists is dropped with a warning.
-  """
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()))
+
+def _is_orphaned_read(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _orphaned_log(record) -> bool:
+  return not str(record.msg).startswith("Future exception was never retrieved")
+
+
+@contextlib.contextmanager
+def _quiet_orphaned_reads():
+  """When one read of a damaged checkpoint fails, orbax's other reads still
+  in flight fail too, as noise, during the restore and later: 'Event loop is
+  closed' (unraisable exceptions) and asyncio's 'Future exception was never
+  retrieved' (the same error again). Both are dropped during a restore, and
+  from then on once one has failed; anything else is reported as before."""
+  previous, asyncio_log = sys.unraisablehook, std_logging.getLogger("asyncio")
+  sys.unraisablehook = lambda u: None if _is_orphaned_read(u) else previous(u)
+  asyncio_log.addFilter(_orphaned_log)
+  failed = True
+  try:
+    yield
+    failed = False
+  finally:
+    if not failed:
+      sys.unraisablehook = previous
+      asyncio_log.removeFilter(_orphaned_log)
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int,
+             items: dict) -> ocp.args.Composite:
+  """mngr.restore of these items, the JSON checksums with them when saved.
+  With several processes, a failure on one is a failure on all (so that
+  they fall back together)."""
+  if CHECKSUMS in _saved_items(mngr, step):
+    items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
+  restored, error = None, None
+  try:
+    with _quiet_orphaned_reads():
+      restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, OSError, KeyError) as e:
+    error = e
+  if jax.process_count() > 1:
+    failed = multihost_utils.process_allgather(np.int32(error is not None))
+    if error is None and np.any(failed):
+      error = CorruptCheckpoint("unreadable on another process")
+  if error is not None:
+    raise error
+  return restored
+
+
+def _verify(mngr, step: int, restored: ocp.args.Composite,
+            arrays: dict) -> None:
+  """Raises CorruptCheckpoint when `arrays` (restored items) differ from
+  their saved checksums, a UserError when they are not finite."""
+  checksums, nonfinite = fingerprint(arrays)
+  saved = restored[CHECKSUMS]["arrays"] if CHECKSUMS in restored else {}
+  for name, sums in checksums.items():
+    differ = [name + path for path, checksum in sums.items()
+              if name in saved and saved[name].get(path) != checksum]
+    if differ:
+      raise CorruptCheckpoint(f"{_listed(differ)} differ from their checksums")
+  if nonfinite:
+    raise errors.UserError(
+        f"the checkpoint at step {step} in {mngr.directory} holds NaN or "
+        f"infinite values ({_listed(nonfinite)}): the run had diverged when "
+        "it was saved; use an earlier step")
+
+
+def _merged_config(saved: dict, step: int) -> ml_collections.ConfigDict:
+  """The saved config over today's defaults (config_base): a field added
+  since takes its default; a saved field that no longer exists is dropped
+  with a warning."""
   config = config_base.base_config()
   dropped = []
-  for group, fields in restored["config"].items():
+  for group, fields in saved.items():
     for name, value in fields.items():
       if group in config and name in config[group]:
         config[group][name] = value
@@ -74,19 +244,50 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int):
   if dropped:
     logging.warning("The checkpoint at step %d has config fields this version "
                     "does not know (ignored): %s", step, ", ".join(dropped))
-  return config, tokenizers.from_json(restored["tokenizer"])
+  return config
 
 
-def check_tokenizer(mngr: ocp.CheckpointManager, step: int, tokenizer) -> None:
+def restore_metadata(mngr: ocp.CheckpointManager, step: int):
+  """(config, tokenizer) saved with the checkpoint at `step`, checked against
+  their checksums; the config over today's defaults (_merged_config)."""
+  restored = _restore(mngr, step, {"config": ocp.args.JsonRestore(),
+                                   "tokenizer": ocp.args.JsonRestore()})
+  if CHECKSUMS in restored:
+    for name, digest in restored[CHECKSUMS]["json"].items():
+      if _digest(restored[name]) != digest:
+        raise CorruptCheckpoint(f"{name} differs from its checksum")
+  return (_merged_config(restored["config"], step),
+          tokenizers.from_json(restored["tokenizer"]))
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, step: int, target: dict,
+                        data_iterator) -> dict:
+  """The train state at `step`, placed as `target` (ShapeDtypeStructs with
+  shardings) says and verified; moves the data iterator to where it was."""
+  saved = _saved_items(mngr, step)
+  missing = [n for n in target if n not in saved and n not in _ADDED_ITEMS]
+  if missing:
+    raise CorruptCheckpoint(f"no item {_listed(missing)}")
+  names = [n for n in target if n in saved]
+  restored = _restore(mngr, step, {
+      "data": grain.checkpoint.CheckpointRestore(data_iterator),
+      **{n: ocp.args.StandardRestore(target[n]) for n in names}})
+  arrays = {n: restored[n] for n in names}
+  _verify(mngr, step, restored, arrays)
+  return {n: arrays[n] if n in arrays else jax.tree.map(
+      lambda t: jnp.zeros(t.shape, t.dtype, device=t.sharding), target[n])
+          for n in target}
+
+
+def check_tokenizer(saved, tokenizer, step: int, directory) -> None:
   """Refuses to resume a checkpoint with a tokenizer other than its own."""
-  _, saved = restore_metadata(mngr, step)
   if saved.to_json() == tokenizer.to_json():
     return
   # Same kind and size but different content (e.g. another sentencepiece model).
   same_shape = (saved.kind, saved.vocab_size) == (tokenizer.kind, tokenizer.vocab_size)
   other = "another " if same_shape else ""
   raise errors.UserError(
-      f"the checkpoint at step {step} in {mngr.directory} was trained with "
+      f"the checkpoint at step {step} in {directory} was trained with "
       f"tokenizer {saved.kind!r} (vocab_size {saved.vocab_size}) but the "
       f"config's data.tokenizer gives {other}{tokenizer.kind!r} (vocab_size "
       f"{tokenizer.vocab_size}); keep the checkpoint's tokenizer or start a "
@@ -101,17 +302,87 @@ def eval_params_name(train_config) -> str:
 
 def restore_params(mngr: ocp.CheckpointManager, step: int, target: dict,
                    train_config) -> dict:
-  """The parameters to evaluate or sample with (eval_params_name)."""
+  """The parameters to evaluate or sample with (eval_params_name), verified:
+  not finite is an errors.UserError."""
   name = eval_params_name(train_config)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      **{name: ocp.args.StandardRestore(target)}))
+  restored = _restore(mngr, step, {name: ocp.args.StandardRestore(target)})
+  _verify(mngr, step, restored, {name: restored[name]})
   return restored[name]
 
 
-def latest_step_or_raise(mngr: ocp.CheckpointManager, workdir: str) -> int:
-  step = mngr.latest_step()
-  if step is None:
+def steps_to_try(mngr: ocp.CheckpointManager, workdir: str,
+                 step: int | None = None) -> list[int]:
+  """`[step]`, or every step newest first; an error when there is none."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
     raise errors.UserError(
         f"no checkpoint in {checkpoint_dir(workdir)}: train one first with "
         f"python -m diffusion_lm.main --config=... --workdir={workdir}")
-  return step
+  if step is None:
+    return steps
+  if step not in steps:
+    raise errors.UserError(
+        f"no checkpoint at step {step} in {checkpoint_dir(workdir)}; its "
+        f"steps are {sorted(steps)}")
+  return [step]
+
+
+def newest_intact(mngr: ocp.CheckpointManager, restore: Callable[[int], _T],
+                  steps: list[int]) -> tuple[int, _T, list[int]]:
+  """(step, restore(step)) for the first of `steps` that restores intact,
+  and the steps before it that did not (each logged with why).
+
+  A checkpoint that cannot be read or fails its checksums is passed over; a
+  UserError (a tokenizer mismatch, non-finite values) stops the search.
+  """
+  failures = []
+  for step in steps:
+    try:
+      value = restore(step)
+    except errors.UserError:
+      raise
+    except (ValueError, OSError, KeyError) as e:
+      reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+      logging.warning("The checkpoint at step %d in %s cannot be used: %s",
+                      step, mngr.directory, reason)
+      failures.append((step, reason))
+      continue
+    if failures:
+      logging.warning("Using the checkpoint at step %d, the newest intact one.",
+                      step)
+    return step, value, [s for s, _ in failures]
+  raise errors.UserError(
+      f"no checkpoint in {mngr.directory} can be restored: "
+      + "; ".join(f"step {s}: {r}" for s, r in failures))
+
+
+def resume(mngr: ocp.CheckpointManager, target: dict, data_iterator,
+           tokenizer) -> tuple[int, dict] | None:
+  """(step, train state) of the newest intact checkpoint, or None when there
+  is none. Newer ones that failed go to <workdir>/unreadable_checkpoints/
+  (process 0 moves them), so that training can save those steps again."""
+  if mngr.latest_step() is None:
+    return None
+
+  def restore(step):
+    _, saved = restore_metadata(mngr, step)
+    # Before any text is encoded with a tokenizer it may refuse.
+    check_tokenizer(saved, tokenizer, step, mngr.directory)
+    return restore_train_state(mngr, step, target, data_iterator)
+
+  step, state, failed = newest_intact(
+      mngr, restore, sorted(mngr.all_steps(), reverse=True))
+  if failed:
+    aside = mngr.directory.parent / UNREADABLE
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      for bad in failed:
+        dest = aside / str(bad)
+        if dest.exists():  # From an earlier fallback.
+          dest = aside / f"{bad}.{time.time_ns()}"
+        (mngr.directory / str(bad)).rename(dest)
+        logging.warning("Moved the checkpoint at step %d to %s.", bad, dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("unreadable checkpoints moved")
+    mngr.reload()
+  return step, state

@@ -1,5 +1,6 @@
-"""What every command line shares: the --config flag, flag parsing, quiet
-library logs, and bad input as one line `error: ...` with exit status 1."""
+"""What every command line shares: the --config flag (checked whole before
+anything runs), flag parsing, quiet library logs, and bad input as one line
+`error: ...` with exit status 1."""
 
 import logging as std_logging
 import os
@@ -66,15 +67,20 @@ def _error_line(e: errors.UserError) -> str:
   return f"error: {e}"
 
 
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], None], check_config: bool = True) -> None:
   """Runs `main()` as a command line: parses flags (no positional arguments),
-  filters library logs, and turns a UserError into one line and exit 1."""
+  filters library logs, checks --config (validation.check, without the
+  device rules) when the command has one and check_config, and turns a
+  UserError into one line and exit 1."""
 
   def wrapped(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_logs()
     try:
+      if check_config and "config" in flags.FLAGS:
+        from diffusion_lm import validation  # pylint: disable=g-import-not-at-top
+        validation.check(flags.FLAGS.config)
       main()
     except errors.UserError as e:
       sys.exit(_error_line(e))

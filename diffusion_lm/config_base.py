@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",  # Compute dtype: bfloat16 on accelerators.
       rope_base=10_000.0,
       attention_impl="",  # '' lets XLA choose; or 'xla', 'cudnn'.
+      # > 0: the input layer mixes each token's embedding with the k on either
+      # side (before it only, causal); see transformer.LocalMixing.
+      local_width=0,
       # The model runs its rows in this many independent slices (the same
       # numbers): on a CPU 4 is 1.2-1.4x faster to train and sample
       # (transformer.in_slices). Must divide train.batch_size.
@@ -38,6 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
       # 'stdlib' | 'text_files' | 'markov' | 'text8' | 'lm1b' | 'openwebtext'
       corpus="stdlib",
       files="",  # A glob, for corpus='text_files'.
+      # text_files: read files that the glob reaches through a symlink leading
+      # out of its directory (off: such a file is an error naming it).
+      follow_symlinks=False,
+      # text_files: the largest file read (each is one document, read whole).
+      max_file_bytes=64 * 2**20,
       data_dir="",  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
       tokenizer="byte",  # 'byte' | 'char' (text8's 27 symbols) | 'sentencepiece'
       # sentencepiece: a .model file, absolute or relative to the corpus's
@@ -80,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
       eval_every=500,  # On eval.batches_during_training validation batches.
       checkpoint_every=500,
       max_checkpoints=2,
+      # A step whose loss or gradient is not finite (NaN, inf) stops the run
+      # (no such state is saved); True: the step keeps the old parameters
+      # and optimizer state instead, counted in train/skipped_steps.
+      skip_nonfinite_steps=False,
   )
 
   c.eval = dict(

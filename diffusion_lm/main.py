@@ -9,8 +9,6 @@ command again resumes from the workdir's latest checkpoint. Exit status 143
 means SIGTERM stopped training after saving a checkpoint (run it again).
 """
 
-import json
-import os
 import sys
 
 from absl import flags, logging
@@ -39,36 +37,6 @@ _PROCESS_ID = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """--mode=eval: bounds of the latest checkpoint on config.eval.split.
-
-  Model, data and tokenizer come from the checkpoint; the eval group and the
-  mesh come from `config`. Results go to <workdir>/eval_<split>.json
-  (written whole, via a temporary file).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from diffusion_lm import api, evaluation, parallel  # pylint: disable=g-import-not-at-top
-  mesh = parallel.make_mesh(config.mesh)
-  lm = api.load(workdir, mesh=mesh)
-  run_config = lm.config.copy_and_resolve_references()
-  run_config.eval = config.eval
-  eval_step = evaluation.make_eval_step(
-      lm.graphdef, jax.tree.map(lambda x: x.sharding, lm.params), mesh,
-      lm.tokenizer.mask_id, config.eval.num_t_samples)
-  split = config.eval.split
-  result = evaluation.EvalSplit(run_config, lm.tokenizer, split).evaluate(
-      eval_step, lm.params, mesh)
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, f"eval_{split}.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump({"step": lm.step, "split": split,
-                 "num_t_samples": config.eval.num_t_samples, **result}, f,
-                indent=2)
-    os.replace(path + ".tmp", path)
-  logging.info("%s split at step %d: %s", split, lm.step, result)
-  return result
-
-
 def train_then_sample(config, workdir: str) -> None:
   """Trains (resuming if possible); then logs samples from the checkpoint."""
   from diffusion_lm import api, train  # pylint: disable=g-import-not-at-top
@@ -86,10 +54,13 @@ def main():
     parallel.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
   if _MODE.value == "eval":
-    evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    from diffusion_lm import evaluation  # pylint: disable=g-import-not-at-top
+    evaluation.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   else:
     train_then_sample(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  # train_and_evaluate and evaluation.evaluate_checkpoint check it against
+  # the devices.
+  cli.run(main, check_config=False)

@@ -4,17 +4,26 @@
 `step` and keys such as `train/loss` or `eval/bits_per_byte`. After a restart
 from the checkpoint at step s, lines past s (from the run that died) and the
 final evaluation at s (which runs again) are dropped first, so the file reads
-as one uninterrupted run.
+as one uninterrupted run. A last line cut short (a kill mid-write) is dropped
+with a warning.
+
+Every JSON file written here and by the command lines is strict JSON: a
+value that is NaN or infinite is written as null, and the record gets a key
+`nonfinite` mapping each such key to "nan", "inf" or "-inf" (`strict`).
 """
 
+import contextlib
 import json
 import math
 import os
 import time
+import uuid
 
 import jax
 from absl import logging
 from tensorboardX import SummaryWriter
+
+from diffusion_lm import errors
 
 # Dense bf16 peak FLOP/s per chip, matched against jax.Device.device_kind.
 PEAK_FLOPS = {
@@ -51,6 +60,48 @@ def train_flops_per_token(model_cfg, seq_len: int) -> float:
   return 6.0 * matmul_weights + 3.0 * attention
 
 
+def strict(record: dict) -> dict:
+  """The record with non-finite numbers as None, named under `nonfinite`."""
+  nonfinite = {k: str(float(v)) for k, v in record.items()
+               if isinstance(v, float) and not math.isfinite(v)}
+  if not nonfinite:
+    return record
+  return {**{k: None if k in nonfinite else v for k, v in record.items()},
+          "nonfinite": nonfinite}
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file beside it: the file is
+  complete or unchanged, and no temporary file stays behind."""
+  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+  try:
+    with open(tmp, "x", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+
+
+def _read_lines(path: str) -> list[tuple[str, dict]]:
+  """(line, record) of a metrics.jsonl; a torn last line is dropped and
+  reported, a bad line elsewhere is an error naming it."""
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append((line.rstrip("\n") + "\n", json.loads(line)))
+    except json.JSONDecodeError as e:
+      if i < len(lines) - 1:
+        raise errors.UserError(
+            f"line {i + 1} of {path} is not JSON ({e}); remove or repair it"
+        ) from None
+      logging.warning("Ignoring the last line of %s, cut short (%d "
+                      "characters): %r", path, len(line), line[:80])
+  return records
+
+
 class MetricWriter:
   """Writes scalars to metrics.jsonl and TensorBoard (on process 0 only)."""
 
@@ -71,23 +122,21 @@ class MetricWriter:
     if not os.path.exists(self.path):
       return
     with open(self.path, encoding="utf-8") as f:
-      lines = [line for line in f if line.strip()]
+      text = f.read()
     def before(record):  # Written before the checkpoint at `step` was.
       return record["step"] < step or (
           record["step"] == step and not any(k.startswith("eval/") for k in record))
 
-    kept = [line for line in lines if before(json.loads(line))]
-    if len(kept) < len(lines):
-      tmp = self.path + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
+    kept = "".join(line for line, r in _read_lines(self.path) if before(r))
+    if kept != text:
+      write_atomically(self.path, kept)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._jsonl.write(json.dumps(strict({"step": int(step), **scalars}),
+                                 allow_nan=False) + "\n")
     self._jsonl.flush()
     for name, value in scalars.items():
       if math.isfinite(value):
@@ -129,12 +178,14 @@ class TrainLog:
     self.flush()
     self._pending = (step, device_metrics)
 
-  def flush(self) -> None:
+  def flush(self) -> dict | None:
+    """Writes the queued step's `train/` metrics; returns all it fetched."""
     if self._pending is None:
-      return
-    step, logged = self._pending
+      return None
+    step, fetched = self._pending
     self._pending = None
-    logged = {k: float(v) for k, v in jax.device_get(logged).items()}
+    fetched = jax.device_get(fetched)
+    logged = {k: float(v) for k, v in fetched.items() if k.startswith("train/")}
     now = time.perf_counter()
     steps, seconds = step - self._clock[0], now - self._clock[1]
     logged["train/learning_rate"] = float(self.learning_rate(step - 1))
@@ -142,14 +193,16 @@ class TrainLog:
     if self.peak_flops:
       logged["train/mfu"] = steps * self.flops_per_step / seconds / self.peak_flops
     self.writer.write(step, logged)
-    logging.info("step %d/%d | loss %.4f | %.0f tokens/s | ETA %.0fs", step,
+    skipped = logged.get("train/skipped_steps")
+    logging.info("step %d/%d | loss %.4f | %.0f tokens/s | ETA %.0fs%s", step,
                  self.total_steps, logged["train/loss"],
                  logged["train/tokens_per_s"],
-                 (self.total_steps - step) * seconds / steps)
+                 (self.total_steps - step) * seconds / steps,
+                 f" | {skipped:.0f} non-finite steps skipped" if skipped else "")
     self._clock = (step, now)
+    return fetched
 
 
 def read_jsonl(workdir: str) -> list[dict]:
-  """All records of a workdir's metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """All records of a workdir's metrics.jsonl (a torn last line dropped)."""
+  return [r for _, r in _read_lines(os.path.join(workdir, "metrics.jsonl"))]

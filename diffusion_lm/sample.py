@@ -4,8 +4,10 @@
   python -m diffusion_lm.sample --workdir=runs/quickstart --sampler=threshold \\
       --threshold=0.9 --show_steps
 
-Config and tokenizer come from the checkpoint; flags left unset take the
-config's `sample` defaults. Every option of samplers.SamplerOptions is a flag
+Config and tokenizer come from the checkpoint (the newest intact one); flags
+left unset take the config's `sample` defaults, and the config with the flags
+set is checked whole (validation.check) before sampling. Every option of
+samplers.SamplerOptions is a flag
 (`--steps`, `--threshold`, `--gamma`, `--eta`, ...); passing one the sampler
 does not read is an error. Prints the samples, then network calls per
 generated token, tokens/s and the wall time. --output writes one JSON object
@@ -22,7 +24,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from diffusion_lm import cli, errors
+from diffusion_lm import cli, errors, metrics, validation
 from diffusion_lm.diffusion import samplers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load.")
@@ -61,9 +63,19 @@ def show_steps(tokenizer, tokens_L, commit_step_L) -> None:
 def main():
   if not os.path.isdir(_WORKDIR.value):
     raise errors.UserError(f"--workdir={_WORKDIR.value} does not exist")
+  output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
+  if not os.path.isdir(output_dir):
+    raise errors.UserError(f"--output={_OUTPUT.value}: the directory "
+                           f"{output_dir} does not exist")
   from diffusion_lm import api  # pylint: disable=g-import-not-at-top
   options = {name: flag.value for name, flag in _OPTIONS.items()}
   lm = api.load(_WORKDIR.value)
+  # The checkpoint's config with the sampler flags; prompt_template checks
+  # --num_samples and --length.
+  config = lm.config.copy_and_resolve_references()
+  config.sample.update({k: v for k, v in {**options, "seed": _SEED.value}.items()
+                        if v is not None})
+  validation.check(config, training=False)
   init = lm.prompt_template(_PROMPT.value, _NUM_SAMPLES.value, _LENGTH.value)
   seconds = []
   for _ in range(1 + _TIMED_RUNS.value):
@@ -87,12 +99,10 @@ def main():
            else " (compilation included; --timed_runs=3 leaves it out)")
         + f"; first run {seconds[0]:.1f}s")
   if _OUTPUT.value:
-    tmp = _OUTPUT.value + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      for text, n in zip(texts, np.asarray(result.calls_B)):
-        f.write(json.dumps({"text": text, "prompt": _PROMPT.value,
-                            "step": lm.step, "network_calls": int(n)}) + "\n")
-    os.replace(tmp, _OUTPUT.value)
+    metrics.write_atomically(_OUTPUT.value, "".join(
+        json.dumps({"text": text, "prompt": _PROMPT.value, "step": lm.step,
+                    "network_calls": int(n)}) + "\n"
+        for text, n in zip(texts, np.asarray(result.calls_B))))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,19 @@
 """train_and_evaluate(config, workdir): the training loop, top to bottom.
 
-Resumes from the latest checkpoint in the workdir when there is one. SIGTERM
-(a preemption) saves a checkpoint at the current step and stops the loop.
-Metrics are fetched one step behind so that dispatch stays asynchronous.
+Checks the whole config first (validation.check), then holds the workdir's
+lock (workdir_lock) while it runs. Resumes from the newest intact checkpoint
+in the workdir when there is one. SIGTERM (a preemption) saves a checkpoint at
+the current step and stops the loop. Metrics are fetched one step behind so
+that dispatch stays asynchronous.
+
+A non-finite loss or gradient: each step records the first step that had one
+(`health`, on the device); the loop reads it where it waits for the device
+anyway: the logged metrics (one step behind), before each evaluation and
+before each save. So it stops at most train.log_every + 1 steps after the bad
+step (sooner at an evaluation or checkpoint), naming it, and never saves a
+state from after it. With train.skip_nonfinite_steps such a step keeps the
+old parameters, optimizer state and EMA instead, counted in
+train/skipped_steps.
 """
 
 import dataclasses
@@ -18,7 +29,7 @@ from absl import logging
 from flax import nnx
 
 from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
-                          metrics, models, parallel)
+                          metrics, models, parallel, validation, workdir_lock)
 from diffusion_lm.data import corpora, pipeline, tokenizers
 from diffusion_lm.diffusion import objective, schedules
 
@@ -44,13 +55,17 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
 
 
 def init_state(model_cfg, optimizer, train_config) -> dict:
-  """The train state: params, optimizer state, EMA (optional), step and RNG."""
+  """The train state: params, optimizer state, EMA (optional), step and RNG,
+  and health: the first step with a non-finite loss or gradient (0: none; the
+  steps counted from 1) and the steps skipped for one."""
   init_key, loop_key = jax.random.split(jax.random.PRNGKey(train_config.seed))
   params = models.init_params(model_cfg, init_key)
   state = {
       "params": params,
       "opt_state": optimizer.init(params),
       "loop": {"step": jnp.int32(0), "rng": loop_key},
+      "health": {"first_nonfinite_step": jnp.int32(0),
+                 "skipped_steps": jnp.int32(0)},
   }
   if train_config.ema_decay > 0:
     state["ema"] = params
@@ -66,6 +81,7 @@ def state_shardings(abstract_state, param_shardings, optimizer, mesh) -> dict:
           optimizer, lambda _, s: s, abstract_state["opt_state"], param_shardings,
           transform_non_params=lambda _: replicated),
       "loop": jax.tree.map(lambda _: replicated, abstract_state["loop"]),
+      "health": jax.tree.map(lambda _: replicated, abstract_state["health"]),
   }
   if "ema" in abstract_state:
     shardings["ema"] = param_shardings
@@ -83,9 +99,13 @@ def make_loss(model_cfg, schedule, mask_id: int):
       model, batch, key, schedule, mask_id, slices)
 
 
-def make_train_step(graphdef, optimizer, loss, ema_decay: float, shardings,
-                    mesh):
-  """jit(state, batch) -> (state, metrics); the old state's buffers are donated."""
+def make_train_step(graphdef, optimizer, loss, ema_decay: float,
+                    skip_nonfinite: bool, shardings, mesh):
+  """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
+
+  The metrics hold the state's health (module doc): `first_nonfinite_step`,
+  and `train/skipped_steps` when skip_nonfinite.
+  """
 
   def train_step(state, batch):
     step, rng = state["loop"]["step"], state["loop"]["rng"]
@@ -95,6 +115,8 @@ def make_train_step(graphdef, optimizer, loss, ema_decay: float, shardings,
                   jax.random.fold_in(rng, step))
 
     value, grads = jax.value_and_grad(loss_fn)(state["params"])
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"],
                                           state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -103,8 +125,22 @@ def make_train_step(graphdef, optimizer, loss, ema_decay: float, shardings,
     if "ema" in state:
       new_state["ema"] = optax.incremental_update(params, state["ema"],
                                                   1.0 - ema_decay)
-    return new_state, {"train/loss": value,
-                       "train/grad_norm": optax.tree.norm(grads)}
+    health = dict(state["health"])
+    if skip_nonfinite:  # The old parameters, optimizer state and EMA stay.
+      for name in new_state.keys() & {"params", "opt_state", "ema"}:
+        new_state[name] = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                       new_state[name], state[name])
+      health["skipped_steps"] += (~finite).astype(jnp.int32)
+    else:
+      first = health["first_nonfinite_step"]
+      health["first_nonfinite_step"] = jnp.where((first == 0) & ~finite,
+                                                 step + 1, first)
+    new_state["health"] = health
+    step_metrics = {"train/loss": value, "train/grad_norm": grad_norm,
+                    "first_nonfinite_step": health["first_nonfinite_step"]}
+    if skip_nonfinite:
+      step_metrics["train/skipped_steps"] = health["skipped_steps"]
+    return new_state, step_metrics
 
   batch_sharding = parallel.batch_sharding(mesh)
   return jax.jit(
@@ -145,10 +181,7 @@ class Training:
 
 
 def build(config, tokenizer, mesh) -> Training:
-  slices, batch = config.model.batch_slices, config.train.batch_size
-  if slices < 1 or batch % slices:
-    raise errors.UserError(f"model.batch_slices={slices} must be a positive "
-                           f"divisor of train.batch_size={batch}")
+  """The run's compiled pieces (the config checked by validation.check)."""
   model_cfg = models.TransformerConfig.from_config(config.model,
                                                    tokenizer.vocab_size)
   graphdef, abstract_model_state = models.abstract_model(model_cfg)
@@ -168,14 +201,24 @@ def build(config, tokenizer, mesh) -> Training:
           graphdef, optimizer,
           make_loss(model_cfg, schedules.from_config(config.diffusion),
                     tokenizer.mask_id),
-          config.train.ema_decay, shardings, mesh))
+          config.train.ema_decay, config.train.skip_nonfinite_steps, shardings,
+          mesh))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, evaluates and checkpoints; returns the final metrics.
 
-  The result has `preempted=True` when SIGTERM stopped the run early.
+  The result has `preempted=True` when SIGTERM stopped the run early. A bad
+  config, a workdir another run holds and a non-finite loss are
+  errors.UserErrors.
   """
+  validation.check(config, devices=jax.devices(),
+                   process_count=jax.process_count())
+  with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   # ------------------------------------------------------------------ Setup
   tokenizer = tokenizers.from_config(config.data,
                                      corpora.prepared_dir(config.data))
@@ -192,18 +235,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config, tokenizer, process_index=jax.process_index(),
       process_count=jax.process_count()))
   mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
-  start_step = mngr.latest_step() or 0
-  if start_step:  # Before any text is encoded with a tokenizer it may refuse.
-    checkpoints.check_tokenizer(mngr, start_step, tokenizer)
-  validation = evaluation.EvalSplit(config, tokenizer, "validation")
 
   # ---------------------------------------------------- Restore or initialise
-  if start_step:
+  resumed = checkpoints.resume(mngr, training.state_target, train_iter,
+                               tokenizer)
+  if resumed:
+    start_step, state = resumed
     logging.info("Resuming from the checkpoint at step %d.", start_step)
-    state = checkpoints.restore_train_state(mngr, start_step,
-                                            training.state_target, train_iter)
   else:
-    state = training.init()
+    start_step, state = 0, training.init()
+  validation_split = evaluation.EvalSplit(config, tokenizer, "validation")
   tokens_per_step = config.train.batch_size * config.data.seq_len
   peak = metrics.peak_flops_per_device(jax.devices()[0])
   writer = metrics.MetricWriter(workdir, resume_step=start_step,
@@ -219,38 +260,68 @@ def train_and_evaluate(config, workdir: str) -> dict:
                models.count_params(state["params"]), dict(mesh.shape),
                config.train.steps, tokens_per_step)
 
+  def stop_if_nonfinite(first_nonfinite_step: int) -> None:
+    if first_nonfinite_step:
+      kept = mngr.latest_step()
+      raise errors.UserError(
+          f"the loss or its gradient is not finite (NaN or inf) at step "
+          f"{first_nonfinite_step}"
+          + (f" (seen at step {step})" if step != first_nonfinite_step else "")
+          + ": stopped without saving any later state; "
+          + (f"the last checkpoint, step {kept}, is kept in "
+             f"{mngr.directory}" if kept is not None else "no checkpoint yet")
+          + ". Lower train.learning_rate, clip with train.grad_clip, or set "
+          "train.skip_nonfinite_steps=True, and run again to resume")
+
+  def flush():  # The last queued step's metrics: a sync, one step behind.
+    fetched = log.flush()
+    if fetched:
+      stop_if_nonfinite(int(fetched["first_nonfinite_step"]))
+
+  def check_state():  # Where the loop waits for the device anyway.
+    flush()
+    stop_if_nonfinite(int(state["health"]["first_nonfinite_step"]))
+
   def save(step):
-    log.flush()  # Metrics up to a checkpoint are on disk before it.
+    check_state()  # Metrics up to a checkpoint are on disk before it.
     if mngr.latest_step() != step:
       checkpoints.save(mngr, step, state, train_iter, config, tokenizer)
 
   # ------------------------------------------------------------------- Loop
-  step = start_step
-  with _StopOnSigterm() as stop:
-    while step < config.train.steps:
-      if stop.requested.is_set() or mngr.reached_preemption(step):
-        logging.warning("Preempted: saving the checkpoint at step %d.", step)
-        save(step)
-        mngr.wait_until_finished()
-        writer.close()
-        return {"preempted": True, "step": step}
-      batch = parallel.global_batch(next(train_iter), mesh)
-      state, step_metrics = training.step(state, batch)
-      step += 1
-      log.flush()  # The previous step's, now that this one is queued.
-      last = step == config.train.steps
-      if step % config.train.log_every == 0 or last:
-        log.queue(step, step_metrics)
-      if step % config.train.eval_every == 0 or last:
-        log.flush()
-        result = validation.evaluate(eval_step, state[eval_name], mesh,
-                                     config.eval.batches_during_training)
-        writer.write(step, {f"validation/{k}": v for k, v in result.items()})
-        logging.info("step %d | validation %s", step, _summary(result))
-        log.restart_clock(step)
-      if step % config.train.checkpoint_every == 0 or last:
-        save(step)
-    log.flush()
+  step, step_metrics = start_step, None
+  try:
+    with _StopOnSigterm() as stop:
+      while step < config.train.steps:
+        if stop.requested.is_set() or mngr.reached_preemption(step):
+          logging.warning("Preempted: saving the checkpoint at step %d.", step)
+          save(step)
+          mngr.wait_until_finished()
+          writer.close()
+          return {"preempted": True, "step": step}
+        batch = parallel.global_batch(next(train_iter), mesh)
+        previous = step_metrics
+        state, step_metrics = training.step(state, batch)
+        step += 1
+        # At most two steps in flight: the host waits for the previous step
+        # while this one runs. (A deeper queue starves XLA:CPU's collectives
+        # across virtual devices: their rendezvous timed out after 40 s.)
+        jax.block_until_ready(previous)
+        flush()  # The previous step's, now that this one is queued.
+        last = step == config.train.steps
+        if step % config.train.log_every == 0 or last:
+          log.queue(step, step_metrics)
+        if step % config.train.eval_every == 0 or last:
+          check_state()
+          result = validation_split.evaluate(
+              eval_step, state[eval_name], mesh,
+              config.eval.batches_during_training)
+          writer.write(step, {f"validation/{k}": v for k, v in result.items()})
+          logging.info("step %d | validation %s", step, _summary(result))
+          log.restart_clock(step)
+        if step % config.train.checkpoint_every == 0 or last:
+          save(step)
+      flush()
+  finally:  # A save in flight completes, also when the loop stops early.
     mngr.wait_until_finished()
 
   # ------------------------------------------------------- Final evaluation

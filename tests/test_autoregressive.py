@@ -17,13 +17,15 @@ from test_markov_bound import CHAIN, train_on_markov
 CFG = models.TransformerConfig(
     vocab_size=11, objective="autoregressive", num_layers=2, num_heads=2,
     head_dim=8, embed_dim=16, mlp_dim=32, time_conditioning=False,
-    dtype="float32", rope_base=10_000.0, attention_impl="", batch_slices=1)
+    dtype="float32", rope_base=10_000.0, attention_impl="", local_width=2,
+    batch_slices=1)
 BOS = 11
 
 
 @pytest.fixture(scope="module")
 def model():
-  """A causal model with every parameter random (the head starts at zero)."""
+  """A causal model (mixing 2 tokens before each into its input) with every
+  parameter random (the head starts at zero)."""
   graphdef, _ = models.abstract_model(CFG)
   params = models.init_params(CFG, jax.random.PRNGKey(0))
   leaves, tree = jax.tree.flatten(params)

@@ -391,13 +391,14 @@ def test_command_lines_print_the_prepare_command_for_their_flags(tmp_path):
            "--config.data.validation_documents=7",
            f"--config.data.data_dir={tmp_path}"]
   result = run_module("diffusion_lm.main", *flags, "--config.train.steps=2",
+                      "--config.eval.split=validation",
                       f"--workdir={tmp_path / 'run'}", check=False)
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: data.corpus='openwebtext' is not prepared in {tmp_path}; "
       f"prepare it with: python -m diffusion_lm.data.prepare {flags[0]} "
       f"{flags[1]} {flags[2]} --config.train.steps=2 "
-      f"--config.data.data_dir={tmp_path}")
+      f"--config.eval.split=validation --config.data.data_dir={tmp_path}")
 
 
 def test_prepare_cli_prepares_text8_from_a_manual_dir(tmp_path):

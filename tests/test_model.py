@@ -1,5 +1,6 @@
 """The transformer: shapes, attention direction, time input, axis metadata."""
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,7 +15,8 @@ CFG = TransformerConfig(vocab_size=11, objective="diffusion", num_layers=2,
                         num_heads=2, head_dim=8, embed_dim=16, mlp_dim=32,
                         time_conditioning=False,
                         dtype="float32", rope_base=10_000.0, attention_impl="",
-                        batch_slices=1)
+                        local_width=0, batch_slices=1)
+LOCAL = dataclasses.replace(CFG, local_width=2)
 
 
 def randomised(cfg, seed=0):
@@ -61,10 +63,13 @@ def test_model_config_takes_exactly_the_config_fields():
     TransformerConfig.from_config(model_config, 11)
 
 
-def test_segment_ids_make_a_packed_row_equal_its_documents_alone():
+@pytest.mark.parametrize("cfg", [CFG, LOCAL], ids=["attention", "local_mixing"])
+def test_segment_ids_make_a_packed_row_equal_its_documents_alone(cfg):
   """With segment masking (and RoPE's relative positions) each document of a
   packed row gets the logits it gets on its own; without, it does not."""
-  model = randomised(CFG)
+  # Bug caught: attention or the local mixing reaching across documents (or
+  # past the row's ends).
+  model = randomised(cfg)
   docs = [jnp.array([[3, 11, 5, 0, 11]]), jnp.array([[7, 7, 11, 2, 9, 1, 11]])]
   packed = jnp.concatenate(docs, axis=1)
   segments = jnp.array([[1] * 5 + [2] * 7])
@@ -72,6 +77,18 @@ def test_segment_ids_make_a_packed_row_equal_its_documents_alone():
   alone = np.concatenate([np.asarray(model(d)) for d in docs], axis=1)
   np.testing.assert_allclose(together, alone, atol=1e-5)
   assert not np.allclose(np.asarray(model(packed)), alone, atol=1e-3)
+
+
+def test_local_mixing_sees_exactly_k_neighbours():
+  # Bug caught: a shift off by one, or a window wider or narrower than k.
+  model = randomised(LOCAL)
+  x = np.asarray(model._embed(TOKENS))  # pylint: disable=protected-access
+  for j in range(6):
+    changed = np.array(x)
+    changed[0, j] += 1.0
+    moved = np.any(np.asarray(model.local(jnp.asarray(changed))) !=
+                   np.asarray(model.local(jnp.asarray(x))), axis=-1)[0]
+    np.testing.assert_array_equal(moved, np.abs(np.arange(6) - j) <= 2)
 
 
 def test_time_conditioning_reads_the_mask_rate():

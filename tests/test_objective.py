@@ -34,7 +34,7 @@ def random_model(time_conditioning: bool):
   cfg = TransformerConfig(vocab_size=VOCAB, objective="diffusion", num_layers=1,
                           num_heads=2, head_dim=4, embed_dim=8, mlp_dim=16,
                           time_conditioning=time_conditioning, dtype="float32",
-                          rope_base=10_000.0, attention_impl="",
+                          rope_base=10_000.0, attention_impl="", local_width=0,
                           batch_slices=1)
   graphdef, _ = models.abstract_model(cfg)
   params = models.init_params(cfg, jax.random.PRNGKey(1))

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_lm import checkpoints, errors, parallel, train
+from diffusion_lm import checkpoints, errors, parallel, train, validation
 from diffusion_lm.data import pipeline, tokenizers
 
 TOKENIZER = tokenizers.ByteTokenizer()
@@ -38,7 +38,7 @@ def test_batch_slices_must_divide_the_batch(tiny_config):
   tiny_config.model.batch_slices = 3
   with pytest.raises(errors.UserError, match="model.batch_slices=3 .* "
                      "train.batch_size=8"):
-    train.build(tiny_config, TOKENIZER, mesh(1, 1))
+    validation.check(tiny_config)
 
 
 def test_train_step_on_8_devices_matches_one_device(tiny_config):

@@ -5,13 +5,12 @@ import json
 import os
 import pathlib
 
-import ml_collections
 import numpy as np
 import pytest
 import sentencepiece as spm
 
 from conftest import config_flags, run_module
-from diffusion_lm import errors
+from diffusion_lm import config_base, errors
 from diffusion_lm.data import corpora, tokenizers
 
 BYTE = tokenizers.ByteTokenizer()
@@ -92,9 +91,9 @@ def test_json_round_trip_and_unknown_kind():
 
 
 def data_config(corpus_glob, data_dir, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      corpus="text_files", files=corpus_glob, data_dir=data_dir,
-      tokenizer="sentencepiece", tokenizer_model=""))
+  config = config_base.base_config().data
+  config.update(corpus="text_files", files=corpus_glob, data_dir=data_dir,
+                tokenizer="sentencepiece", tokenizer_model="")
   config.update(overrides)
   return config
 

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from diffusion_lm import errors
 from diffusion_lm.data import lm1b, local_files, markov, openwebtext, text8
-from diffusion_lm.data.builder_base import DocumentBuilder
+from diffusion_lm.data.builder_base import SPLITS, DocumentBuilder
 
 CORPORA = {
     "stdlib": lambda data_config, **kw: local_files.Stdlib(**kw),
@@ -29,6 +29,14 @@ CORPORA = {
         config=openwebtext.OpenWebTextConfig(data_config.validation_documents),
         **kw),
 }
+
+# OpenWebText holds out its last documents as validation and has no test split.
+_SPLITS = {"openwebtext": ("train", "validation")}
+
+
+def splits(corpus: str) -> tuple[str, ...]:
+  """The splits `data.corpus` has (eval.split must be one of them)."""
+  return _SPLITS.get(corpus, SPLITS)
 
 
 def make_builder(data_config) -> DocumentBuilder:

@@ -4,7 +4,10 @@
   code (site-packages left out); one builder config per Python version.
 * `text_files`: the files matched by a glob (`data.files`); the config name is
   a hash of the glob and of the matched files' paths, sizes and mtimes, so an
-  edited corpus is prepared afresh.
+  edited corpus is prepared afresh. A file the glob reaches through a symlink
+  that leads out of the glob's directory is refused unless
+  `data.follow_symlinks`, and so is a file larger than `data.max_file_bytes`
+  (each is read whole, as one document).
 
 Documents go to train / validation / test by a stable hash of their path
 (about 90 / 5 / 5; `assign_splits`).
@@ -106,14 +109,32 @@ def _glob_root(pattern: str) -> pathlib.Path:
   return pathlib.Path(*fixed) if fixed else pathlib.Path(".")
 
 
-def glob_files(pattern: str) -> tuple[pathlib.Path, list[str]]:
-  """The files a glob matches, relative to its root; a clear error if none."""
+def glob_files(pattern: str, *, follow_symlinks: bool = False,
+               max_file_bytes: int | None = None
+               ) -> tuple[pathlib.Path, list[str]]:
+  """The files a glob matches, relative to its root; a clear error if none,
+  or if one leaves the root through a symlink (unless follow_symlinks) or is
+  larger than max_file_bytes."""
   root = _glob_root(pattern)
   matches = sorted(
       p for p in glob_lib.glob(os.path.expanduser(pattern), recursive=True)
       if os.path.isfile(p))
   if not matches:
     raise errors.UserError(f"data.files={pattern!r} matches no files")
+  real_root = root.resolve()
+  for path in matches:
+    target = pathlib.Path(path).resolve()
+    if not follow_symlinks and not target.is_relative_to(real_root):
+      raise errors.UserError(
+          f"data.files={pattern!r}: {path} leads through a symlink to "
+          f"{target}, outside {real_root}; set data.follow_symlinks=True to "
+          "read it")
+    size = target.stat().st_size
+    if max_file_bytes is not None and size > max_file_bytes:
+      raise errors.UserError(
+          f"data.files={pattern!r}: {path} is {size:,} bytes, more than "
+          f"data.max_file_bytes={max_file_bytes:,} (each file is one document, "
+          "read whole): raise the limit or split the file")
   relpaths = [os.path.relpath(p, root) for p in matches]
   if len(relpaths) < 3:
     raise errors.UserError(
@@ -124,8 +145,10 @@ def glob_files(pattern: str) -> tuple[pathlib.Path, list[str]]:
 
 class TextFilesConfig(tfds.core.BuilderConfig):
 
-  def __init__(self, *, pattern: str):
-    root, relpaths = glob_files(pattern)
+  def __init__(self, *, pattern: str, follow_symlinks: bool = False,
+               max_file_bytes: int | None = None):
+    root, relpaths = glob_files(pattern, follow_symlinks=follow_symlinks,
+                                max_file_bytes=max_file_bytes)
     fingerprint = hashlib.sha1(pattern.encode())
     for relpath in relpaths:
       stat = (root / relpath).stat()
@@ -149,4 +172,6 @@ class TextFiles(_FilesBuilder, skip_registration=True):
 def text_files_builder(data_config, **kwargs) -> TextFiles:
   if not data_config.files:
     raise errors.UserError("data.corpus='text_files' needs data.files (a glob)")
-  return TextFiles(config=TextFilesConfig(pattern=data_config.files), **kwargs)
+  return TextFiles(config=TextFilesConfig(
+      pattern=data_config.files, follow_symlinks=data_config.follow_symlinks,
+      max_file_bytes=data_config.max_file_bytes), **kwargs)

@@ -37,6 +37,7 @@ class TransformerConfig:
   dtype: str
   rope_base: float
   attention_impl: str  # '' lets JAX choose; or 'xla', 'cudnn'
+  local_width: int  # The input layer mixes each token with k neighbours.
   batch_slices: int  # Callers run rows in this many slices (objective.in_slices).
 
   @classmethod
@@ -207,6 +208,49 @@ class TimeEmbedding(nnx.Module):
     return (h @ self.out[...]).astype(dtype)
 
 
+EMBED_STDDEV = 0.02
+
+
+class LocalMixing(nnx.Module):
+  """The input layer: each position's embedding mixed with those of the k
+  tokens on either side (model.local_width; before it only, for a causal
+  model): x_i = sum_o E[x_{i+o}] W_o / EMBED_STDDEV, a convolution over the
+  sequence. Positions outside the row or in another segment add nothing.
+
+  A masked position holds only [MASK]: without this, all its context must
+  come through attention, which starts with no preference for nearby
+  positions; the autoregressive twin has its previous token in place. On an
+  order-2 Markov source (quickstart size) the bidirectional model sat at the
+  unigram entropy for 600 steps without it and fell below the order-1
+  entropy within 300 steps with it.
+  """
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    d, k = cfg.embed_dim, cfg.local_width
+    self.offsets = tuple(range(-k, 1 if cfg.causal else k + 1))
+    self.kernel = _param(rngs, (len(self.offsets), d, d), (None, None, "embed"),
+                         d**-0.5)
+
+  def __call__(self, e_BxLxD, segment_ids_BxL=None):
+    shifted = [shift(e_BxLxD, o, segment_ids_BxL) for o in self.offsets]
+    kernel = self.kernel[...]
+    x = jnp.concatenate(shifted, axis=-1) / EMBED_STDDEV
+    return dense(x, kernel.reshape(-1, kernel.shape[-1]), e_BxLxD.dtype)
+
+
+def shift(x_BxLxD, offset: int, segment_ids_BxL=None):
+  """x at position i + offset for every i (zero outside the row or the
+  position's segment)."""
+  l = x_BxLxD.shape[1]
+  padded = jnp.pad(x_BxLxD, ((0, 0), (max(-offset, 0), max(offset, 0)), (0, 0)))
+  out = padded[:, max(offset, 0):max(offset, 0) + l]
+  if segment_ids_BxL is not None and offset:
+    seg = jnp.pad(segment_ids_BxL, ((0, 0), (max(-offset, 0), max(offset, 0))),
+                  constant_values=-1)[:, max(offset, 0):max(offset, 0) + l]
+    out = jnp.where((seg == segment_ids_BxL)[..., None], out, 0)
+  return out
+
+
 def segment_mask(segment_ids_BxL):
   """[B, 1, L, L]: True where query and key lie in the same segment."""
   return (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
@@ -223,7 +267,8 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = _param(rngs, (cfg.vocab_size + 1, cfg.embed_dim),
-                        ("vocab", "embed"), 0.02)
+                        ("vocab", "embed"), EMBED_STDDEV)
+    self.local = (LocalMixing(cfg, rngs) if cfg.local_width else None)
     self.time_embed = (TimeEmbedding(cfg.embed_dim, rngs)
                        if cfg.time_conditioning else None)
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
@@ -233,6 +278,8 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxL, mask_rate_B=None, segment_ids_BxL=None):
     cfg = self.cfg
     x = self._embed(tokens_BxL)
+    if self.local is not None:
+      x = self.local(x, segment_ids_BxL)
     if self.time_embed is not None:
       if mask_rate_B is None:
         raise ValueError("model.time_conditioning=True needs the masking rate")
@@ -250,25 +297,37 @@ class Transformer(nnx.Module):
     return dense(self.final_norm(x), self.head[...],
                  jnp.dtype(self.cfg.dtype)).astype(jnp.float32)
 
-  def init_cache(self, batch: int, length: int) -> list:
-    """Empty keys and values of `length` positions, per layer."""
+  def init_cache(self, batch: int, length: int) -> dict:
+    """Room for `length` positions: their input tokens, and per layer their
+    keys and values."""
     cfg = self.cfg
     shape = (batch, length, cfg.num_heads, cfg.head_dim)
-    return [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-            for _ in self.blocks]
+    return {"tokens": jnp.zeros((batch, length), jnp.int32),
+            "layers": [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+                       for _ in self.blocks]}
 
-  def decode(self, tokens_BxT, cache: list, start):
+  def decode(self, tokens_BxT, cache: dict, start):
     """Causal logits of T tokens at positions start .. start + T - 1 (the
     cache holds every position before them); returns (logits, cache)."""
     cfg = self.cfg
-    t, length = tokens_BxT.shape[1], cache[0][0].shape[1]
+    t, length = tokens_BxT.shape[1], cache["tokens"].shape[1]
+    all_tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], tokens_BxT,
+                                                     start, axis=1)
+    x = self._embed(tokens_BxT)
+    if self.local is not None:  # The new tokens and the k before them.
+      k = cfg.local_width
+      window = jax.lax.dynamic_slice_in_dim(
+          jnp.pad(all_tokens, ((0, 0), (k, 0))), start, t + k, axis=1)
+      before_row = start - k + jnp.arange(t + k) < 0
+      x = self.local(jnp.where(before_row[None, :, None], 0.0,
+                               self._embed(window)))[:, k:]
     cos, sin = (jax.lax.dynamic_slice_in_dim(table, start, t)
                 for table in rope_tables(length, cfg.head_dim, cfg.rope_base))
     query_T = start + jnp.arange(t)
     mask_1x1xTxS = (jnp.arange(length)[None, :] <= query_T[:, None])[None, None]
-    x, new_cache = self._embed(tokens_BxT), []
-    for block, layer_cache in zip(self.blocks, cache):
+    layers = []
+    for block, layer_cache in zip(self.blocks, cache["layers"]):
       x, kv = block(x, cos, sin, mask_1x1xTxS, layer_cache, start)
-      new_cache.append(kv)
-    return self._logits(x), new_cache
+      layers.append(kv)
+    return self._logits(x), {"tokens": all_tokens, "layers": layers}
 

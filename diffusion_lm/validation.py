@@ -1,0 +1,245 @@
+"""The whole config, checked before a command line does any work.
+
+`check` looks at every field of config_base.base_config(): its type and range,
+and the rules that tie fields together (the mesh and the batch sizes against
+the devices, the batch against model.batch_slices, the evaluation split
+against the corpus, the sampler and its options). It reports every problem at
+once, in one errors.UserError, each naming the field, its value and what is
+allowed. Rules that live elsewhere (the model's objective, the schedule, the
+Markov chain, the sampler options, the mesh) are called, not restated.
+"""
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+
+from diffusion_lm import config_base, errors, models, parallel
+from diffusion_lm.data import corpora, markov, pipeline, tokenizers
+from diffusion_lm.diffusion import samplers, schedules
+
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: compute dtypes.
+ATTENTION_IMPLS = ("", "xla", "cudnn")
+
+# A field's rule: (whether a value is allowed, what is allowed).
+Rule = tuple[Callable[[object], bool], str]
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+  return (isinstance(v, numbers.Real) and not isinstance(v, bool)
+          and math.isfinite(v))
+
+
+def _int(low: int, allowed: str = "") -> Rule:
+  return (lambda v: _is_int(v) and v >= low), allowed or f"an integer >= {low}"
+
+
+def _real(low: float, high: float = math.inf, *, open_low: bool = False,
+          open_high: bool = False) -> Rule:
+  def ok(v):
+    return (_is_real(v) and (v > low if open_low else v >= low)
+            and (v < high if open_high else v <= high))
+  if high == math.inf:
+    return ok, f"a finite number {'>' if open_low else '>='} {low}"
+  return ok, (f"a number in {'(' if open_low else '['}{low}, "
+              f"{high}{')' if open_high else ']'}")
+
+
+def _one_of(options) -> Rule:
+  return (lambda v: v in options), f"one of {sorted(options)}"
+
+
+def _is_rule(r) -> bool:
+  """A mesh.rules entry: (logical axis name, None or mesh axes)."""
+  axes = r[1] if isinstance(r, (tuple, list)) and len(r) == 2 else ()
+  axes = (axes,) if isinstance(axes, str) else axes
+  return (isinstance(r, (tuple, list)) and len(r) == 2
+          and isinstance(r[0], str) and (axes is None or (
+              isinstance(axes, (tuple, list))
+              and all(a in parallel.MESH_AXES for a in axes))))
+
+
+_BOOL: Rule = (lambda v: isinstance(v, bool), "True or False")
+_STR: Rule = (lambda v: isinstance(v, str), "a string")
+_REAL: Rule = (_is_real, "a finite number")
+_AXES: Rule = (lambda v: _is_int(v) and (v == -1 or v >= 1),
+               "-1 (the devices left) or an integer >= 1")
+
+# Every field but those whose rules live elsewhere: model.objective
+# (TransformerConfig.from_config), diffusion.schedule (schedules.from_config),
+# data.markov (markov.checked_params) and the sampler's options in `sample`
+# (samplers.make_options).
+FIELDS: dict[str, Rule] = {
+    "model.num_layers": _int(1),
+    "model.num_heads": _int(1),
+    "model.head_dim": (lambda v: _is_int(v) and v >= 2 and v % 2 == 0,
+                       "an even integer >= 2 (RoPE rotates pairs of features)"),
+    "model.embed_dim": _int(1),
+    "model.mlp_dim": _int(1),
+    "model.time_conditioning": _BOOL,
+    "model.dtype": _one_of(DTYPES),
+    "model.rope_base": _real(0, open_low=True),
+    "model.attention_impl": _one_of(ATTENTION_IMPLS),
+    "model.batch_slices": _int(1),
+    "data.corpus": _one_of(corpora.CORPORA),
+    "data.files": _STR,
+    "data.data_dir": _STR,
+    "data.tokenizer": _one_of(tokenizers.TOKENIZERS),
+    "data.tokenizer_model": _STR,
+    "data.seq_len": _int(1),
+    "data.packing": _one_of(pipeline.PACKINGS),
+    "data.condition_on_length": _BOOL,
+    "data.validation_documents": _int(1),
+    "data.follow_symlinks": _BOOL,
+    "data.max_file_bytes": _int(1),
+    "diffusion.power": _REAL,
+    "diffusion.eps": _REAL,
+    "train.steps": _int(0),
+    "train.batch_size": _int(1),
+    "train.learning_rate": _real(0),
+    "train.warmup_steps": _int(0),
+    "train.final_lr_fraction": _real(0, 1),
+    "train.weight_decay": _real(0),
+    "train.b1": _real(0, 1, open_high=True),
+    "train.b2": _real(0, 1, open_high=True),
+    "train.grad_clip": _real(0),
+    "train.ema_decay": _real(0, 1, open_high=True),
+    "train.seed": _int(0),
+    "train.log_every": _int(1),
+    "train.eval_every": _int(1),
+    "train.checkpoint_every": _int(1),
+    "train.max_checkpoints": _int(1),
+    "train.skip_nonfinite_steps": _BOOL,
+    "eval.batch_size": _int(1),
+    "eval.num_t_samples": _int(1),
+    "eval.batches_during_training": _int(0, "an integer >= 0 (0 = all)"),
+    "eval.split": _STR,  # Which split: a rule across fields.
+    "eval.seed": _int(0),
+    "sample.num_samples": _int(0, "an integer >= 0 (0 = none)"),
+    "sample.length": _int(0, "an integer >= 0 (0 = data.seq_len)"),
+    "sample.seed": _int(0),
+    "mesh.data": _AXES,
+    "mesh.fsdp": _AXES,
+    "mesh.rules": ((lambda v: isinstance(v, (tuple, list))
+                    and all(map(_is_rule, v))),
+                   "pairs (logical axis name, None or mesh axes of "
+                   f"{list(parallel.MESH_AXES)})"),
+}
+
+
+def check_sample_length(length: int, seq_len: int, what: str) -> None:
+  """Refuses a sample longer than the rows the model was trained on (RoPE
+  would extrapolate to positions it never saw)."""
+  if length > seq_len:
+    raise errors.UserError(
+        f"{what} is {length} tokens but the model was trained on rows of "
+        f"data.seq_len={seq_len}; sample at most {seq_len}")
+
+
+def _structure(config) -> list[str]:
+  """Groups and fields missing from or unknown to config_base.base_config()."""
+  base = config_base.base_config()
+  problems = []
+  for group in sorted(set(base) | set(config)):
+    if group not in config or group not in base:
+      problems.append(f"config group {group!r} is "
+                      f"{'missing' if group not in config else 'unknown'}")
+      continue
+    fields, known = set(config[group]), set(base[group])
+    problems += [f"config field {group}.{f} is missing" for f in sorted(known - fields)]
+    problems += [f"config field {group}.{f} is unknown" for f in sorted(fields - known)]
+  return problems
+
+
+def _called(check: Callable[[], object]) -> list[str]:
+  """The problem an existing check raises, if any."""
+  try:
+    check()
+  except errors.UserError as e:
+    return [str(e)]
+  except (KeyError, TypeError, ValueError) as e:  # A value of the wrong type.
+    return [f"{type(e).__name__}: {e}"]
+  return []
+
+
+def _fields(config) -> dict[str, str]:
+  """Field name -> its problem, for the fields that break their own rule."""
+  problems = {}
+  for name, (ok, allowed) in FIELDS.items():
+    group, field = name.split(".")
+    value = config[group][field]
+    if not ok(value):
+      problems[name] = f"{name}={value!r} must be {allowed}"
+  return problems
+
+
+def _across(config, bad: set[str], devices, process_count: int,
+            training: bool) -> list[str]:
+  """Rules that tie fields (and the devices) together, and those that live
+  elsewhere; each runs when the fields it reads passed their own rules."""
+
+  def valid(*names):
+    return not bad.intersection(names)
+
+  problems = []
+  if valid("model.time_conditioning"):
+    problems += _called(lambda: models.TransformerConfig.from_config(
+        config.model, vocab_size=1))
+  if valid("diffusion.power", "diffusion.eps"):
+    problems += _called(lambda: schedules.from_config(config.diffusion))
+  if config.data.corpus == "markov":
+    problems += _called(lambda: markov.checked_params(config.data.markov))
+  problems += _called(lambda: samplers.make_options(config.sample, {}))
+  if valid("data.corpus", "eval.split"):
+    splits = corpora.splits(config.data.corpus)
+    if config.eval.split not in splits:
+      problems.append(
+          f"eval.split={config.eval.split!r} must be one of the splits of "
+          f"data.corpus={config.data.corpus!r}: {list(splits)}")
+  if valid("sample.length", "data.seq_len"):
+    problems += _called(lambda: check_sample_length(
+        config.sample.length, config.data.seq_len,
+        f"sample.length={config.sample.length}"))
+  if training and valid("train.batch_size", "model.batch_slices") and (
+      config.train.batch_size % config.model.batch_slices):
+    problems.append(
+        f"model.batch_slices={config.model.batch_slices} must divide "
+        f"train.batch_size={config.train.batch_size}")
+  if devices is None:
+    return problems
+  if valid("mesh.data", "mesh.fsdp"):
+    problems += _called(lambda: parallel.make_mesh(config.mesh, devices))
+  batches = ["train.batch_size"] * training + ["eval.batch_size"]
+  for name in filter(valid, batches):
+    size = config[name.split(".")[0]].batch_size
+    for count, what in ((len(devices), "devices"), (process_count, "processes")):
+      if size % count:
+        problems.append(f"{name}={size} must be divisible by the {count} "
+                        f"{what} (each takes an equal share of the rows)")
+  return problems
+
+
+def check(config, *, devices: Sequence | None = None, process_count: int = 1,
+          training: bool = True) -> None:
+  """Raises one errors.UserError listing every problem of `config`.
+
+  Args:
+    config: a full config (config_base.base_config() with a recipe's values).
+    devices: the devices the mesh will span (jax.devices()); None skips the
+      rules about devices (the mesh, batch sizes divisible by them).
+    process_count: the processes the batches are split across.
+    training: whether the command trains (then train.batch_size matters).
+  """
+  problems = _structure(config)
+  if not problems:
+    bad = _fields(config)
+    problems = list(bad.values()) + _across(config, set(bad), devices,
+                                            process_count, training)
+  if len(problems) == 1:
+    raise errors.UserError(problems[0])
+  if problems:
+    raise errors.UserError(f"{len(problems)} problems in the config: "
+                           + "; ".join(problems))
