@@ -25,9 +25,15 @@ setuptools.setup(
         "sentencepiece>=0.2",
         "tensorboardX>=2.6",
         "tensorflow-datasets>=4.9.10",
+        "tqdm>=4.60",  # Progress bars (TFDS depends on it too).
     ],
     extras_require={
-        "test": ["pytest>=8", "scipy>=1.11"],
+        # nbclient, nbformat and ipykernel run the notebooks in colab/.
+        "test": ["pytest>=8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29"],
+        # gs:// workdirs: files through gcsfs (etils.epath), TensorBoard
+        # events through google-cloud-storage (tensorboardX).
+        "gcs": ["gcsfs", "google-cloud-storage"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda12]>=0.10.2"],
     },

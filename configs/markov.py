@@ -17,7 +17,7 @@ from diffusion_lm import config_base
 def get_config(variant: str = ""):
   c = config_base.base_config()
   c.model.update(num_layers=4, num_heads=4, head_dim=32, embed_dim=128,
-                 mlp_dim=384, batch_slices=4)
+                 mlp_dim=384, batch_slices=4, local_width=2)
   c.data.update(corpus="markov", packing="pad", seq_len=64)
   c.data.markov.update(alphabet_size=8, order=1, concentration=0.1,
                        num_documents=20_000, document_length=63, seed=0)

@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from diffusion_lm import config_base, errors
+from diffusion_lm import config_base, errors, workdir_lock
 from diffusion_lm.data import tokenizers
 
 CHECKSUMS = "checksums"
@@ -54,7 +54,8 @@ class CorruptCheckpoint(ValueError):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """<workdir>/checkpoints, absolute; a URL workdir (gs://...) as it is."""
+  return os.path.join(workdir_lock.absolute(workdir), "checkpoints")
 
 
 def manager(workdir: str, max_to_keep: int = 2,
@@ -263,15 +264,17 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int):
 def restore_train_state(mngr: ocp.CheckpointManager, step: int, target: dict,
                         data_iterator) -> dict:
   """The train state at `step`, placed as `target` (ShapeDtypeStructs with
-  shardings) says and verified; moves the data iterator to where it was."""
+  shardings) says and verified; moves the data iterator (if not None) to
+  where it was."""
   saved = _saved_items(mngr, step)
   missing = [n for n in target if n not in saved and n not in _ADDED_ITEMS]
   if missing:
     raise CorruptCheckpoint(f"no item {_listed(missing)}")
   names = [n for n in target if n in saved]
-  restored = _restore(mngr, step, {
-      "data": grain.checkpoint.CheckpointRestore(data_iterator),
-      **{n: ocp.args.StandardRestore(target[n]) for n in names}})
+  items = {n: ocp.args.StandardRestore(target[n]) for n in names}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  restored = _restore(mngr, step, items)
   arrays = {n: restored[n] for n in names}
   _verify(mngr, step, restored, arrays)
   return {n: arrays[n] if n in arrays else jax.tree.map(
@@ -356,19 +359,32 @@ def newest_intact(mngr: ocp.CheckpointManager, restore: Callable[[int], _T],
       + "; ".join(f"step {s}: {r}" for s, r in failures))
 
 
+def saved_data_position(mngr: ocp.CheckpointManager, step: int) -> bool:
+  """Whether the checkpoint holds this process's data position: it was
+  saved by a job with as many processes as this one (each process reads its
+  own share of the documents, so positions do not carry over otherwise)."""
+  name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  return (mngr.directory / str(step) / "data" / name).exists()
+
+
 def resume(mngr: ocp.CheckpointManager, target: dict, data_iterator,
-           tokenizer) -> tuple[int, dict] | None:
-  """(step, train state) of the newest intact checkpoint, or None when there
-  is none. Newer ones that failed go to <workdir>/unreadable_checkpoints/
-  (process 0 moves them), so that training can save those steps again."""
+           tokenizer) -> tuple[int, dict, bool] | None:
+  """(step, train state, whether the data iterator was moved to its saved
+  position) of the newest intact checkpoint, or None when there is none.
+  The position is restored only when saved_data_position. Newer checkpoints
+  that failed go to <workdir>/unreadable_checkpoints/ (process 0 moves
+  them), so that training can save those steps again."""
   if mngr.latest_step() is None:
     return None
+  data_restored = {}
 
   def restore(step):
     _, saved = restore_metadata(mngr, step)
     # Before any text is encoded with a tokenizer it may refuse.
     check_tokenizer(saved, tokenizer, step, mngr.directory)
-    return restore_train_state(mngr, step, target, data_iterator)
+    data_restored[step] = saved_data_position(mngr, step)
+    return restore_train_state(
+        mngr, step, target, data_iterator if data_restored[step] else None)
 
   step, state, failed = newest_intact(
       mngr, restore, sorted(mngr.all_steps(), reverse=True))
@@ -385,4 +401,4 @@ def resume(mngr: ocp.CheckpointManager, target: dict, data_iterator,
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("unreadable checkpoints moved")
     mngr.reload()
-  return step, state
+  return step, state, data_restored[step]

@@ -35,6 +35,13 @@ def base_config() -> ml_collections.ConfigDict:
       # numbers): on a CPU 4 is 1.2-1.4x faster to train and sample
       # (transformer.in_slices). Must divide train.batch_size.
       batch_slices=1,
+      # Recompute each block's activations in the backward pass: 'none',
+      # 'full' (keep only each block's input) or 'dots' (keep the weight
+      # matmuls' outputs); transformer.REMAT_POLICIES.
+      remat="none",
+      # Stack the blocks and run them with one lax.scan: compile time stays
+      # flat in depth. A checkpoint resumes only with its own setting.
+      scan_layers=False,
   )
 
   c.data = dict(
@@ -51,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
       # sentencepiece: a .model file, absolute or relative to the corpus's
       # prepared data directory (where diffusion_lm.data.train_tokenizer puts it).
       tokenizer_model="",
+      # vocab_size > 0: when data.tokenizer_model does not exist yet, the
+      # main job first trains it on the train split (tokenizer_training);
+      # max_documents: on the first N training documents (0: all).
+      tokenizer_train=dict(vocab_size=0, model_type="unigram", max_documents=0),
       seq_len=128,
       packing="wrap",  # 'wrap': concatenate with EOS and cut | 'pad': one document per row
       # True: each position is told its document's extent (segment ids;
@@ -92,6 +103,12 @@ def base_config() -> ml_collections.ConfigDict:
       # (no such state is saved); True: the step keeps the old parameters
       # and optimizer state instead, counted in train/skipped_steps.
       skip_nonfinite_steps=False,
+      # Gradient accumulation: each step runs the batch in this many equal
+      # microbatches, one after another (the activations of one at a time).
+      microbatches=1,
+      # (first, last): steps first..last are traced by jax.profiler into
+      # <workdir>/profile (TensorBoard's profile tab); () = off.
+      profile_steps=(),
   )
 
   c.eval = dict(
@@ -114,15 +131,16 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.mesh = dict(
-      data=-1,  # -1: all devices not used by the other axis.
-      fsdp=1,
+      data=-1,  # -1: all devices not used by the other axes.
+      fsdp=1,  # Data parallel with parameters and optimizer state sharded.
+      tensor=1,  # Heads, MLP units and vocabulary split (within a process).
       # Logical axis name -> mesh axes; names not listed stay replicated.
       rules=(
           ("embed", "fsdp"),
-          ("mlp", None),
-          ("heads", None),
+          ("mlp", "tensor"),
+          ("heads", "tensor"),
           ("head_dim", None),
-          ("vocab", None),
+          ("vocab", "tensor"),
       ),
   )
   return c

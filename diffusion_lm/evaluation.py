@@ -23,14 +23,20 @@ are summed in float64.
 
 `evaluate_checkpoint` is --mode=eval: a workdir's newest intact checkpoint on
 a split, written to <workdir>/eval_<split>.json.
+
+A whole split shows its progress (_Progress): a bar when stderr is a
+terminal, else a log line with the ETA every minute (none for a shorter one).
 """
 
 import json
 import math
 import os
+import sys
+import time
 
 import jax
 import numpy as np
+import tqdm
 from absl import logging
 from flax import nnx
 
@@ -58,11 +64,49 @@ def make_eval_step(graphdef, param_shardings, mesh, mask_id: int,
       out_shardings=parallel.replicated(mesh))
 
 
-def nelbos(eval_step, params, batches, mesh, key) -> np.ndarray:
-  """float64 [K, rows]: the eval step over an iterable of local batches."""
-  out = [eval_step(params, parallel.global_batch(local, mesh),
-                   jax.random.fold_in(key, i))
-         for i, local in enumerate(batches)]
+class _Progress:
+  """Batches done out of `total`: a tqdm bar when stderr is a terminal, else
+  a log line with the ETA every `log_every_s` seconds; process 0 only."""
+
+  def __init__(self, total: int, what: str, log_every_s: float = 60.0):
+    self.total, self.what, self.log_every_s = total, what, log_every_s
+    self.done = 0
+    self.shown = jax.process_index() == 0
+    self._start = self._logged = time.perf_counter()
+    self._bar = (tqdm.tqdm(total=total, desc=what, unit="batch", leave=False)
+                 if self.shown and sys.stderr.isatty() else None)
+
+  def advance(self, output) -> None:
+    """Counts one more batch once its `output` is ready."""
+    jax.block_until_ready(output)
+    self.done += 1
+    now = time.perf_counter()
+    if self._bar is not None:
+      self._bar.update()
+    elif self.shown and now - self._logged >= self.log_every_s:
+      self._logged = now
+      logging.info("%s: %d/%d batches | ETA %.0fs", self.what, self.done,
+                   self.total,
+                   (now - self._start) / self.done * (self.total - self.done))
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def nelbos(eval_step, params, batches, mesh, key, total: int = 0) -> np.ndarray:
+  """float64 [K, rows]: the eval step over an iterable of local batches;
+  given their number (`total`), progress is shown as they complete."""
+  progress = _Progress(total, "evaluation") if total else None
+  out = []
+  for i, local in enumerate(batches):
+    out.append(eval_step(params, parallel.global_batch(local, mesh),
+                         jax.random.fold_in(key, i)))
+    if progress and i:  # The batch before; this one keeps the device busy.
+      progress.advance(out[-2])
+  if progress:
+    progress.advance(out[-1])
+    progress.close()
   return np.concatenate(jax.device_get(out), axis=1).astype(np.float64)
 
 
@@ -126,8 +170,10 @@ class EvalSplit:
         process_count=jax.process_count())
     if max_batches:
       batches = (b for i, b in zip(range(max_batches), batches))
+    num_batches = -(-len(self.packed["tokens"]) // self.batch_size)
     nelbo_KxN = nelbos(eval_step, params, batches, mesh,
-                       jax.random.PRNGKey(self.seed))
+                       jax.random.PRNGKey(self.seed),
+                       total=0 if max_batches else num_batches)
     n = min(nelbo_KxN.shape[1], len(self.row_tokens))  # Drop filled-up rows.
     result = bounds(nelbo_KxN[:, :n], self.row_tokens[:n], self.row_bytes[:n],
                     self.suffix, self.exact)

@@ -10,9 +10,16 @@ with a warning.
 Every JSON file written here and by the command lines is strict JSON: a
 value that is NaN or infinite is written as null, and the record gets a key
 `nonfinite` mapping each such key to "nan", "inf" or "-inf" (`strict`).
+
+A workdir given as a URL (`gs://bucket/run`) is read and written through
+etils.epath (gcsfs, or TensorFlow's gfile where TensorFlow is installed).
+An object cannot be appended to, so there metrics.jsonl is rewritten whole
+at each write (an object is replaced whole or not at all). TensorBoard events
+on gs:// need google-cloud-storage (tensorboardX's GCS writer).
 """
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -21,9 +28,10 @@ import uuid
 
 import jax
 from absl import logging
+from etils import epath
 from tensorboardX import SummaryWriter
 
-from diffusion_lm import errors
+from diffusion_lm import errors, workdir_lock
 
 # Dense bf16 peak FLOP/s per chip, matched against jax.Device.device_kind.
 PEAK_FLOPS = {
@@ -43,6 +51,16 @@ def peak_flops_per_device(device: jax.Device) -> float | None:
     if kind in device.device_kind:
       return flops
   return None
+
+
+def compiled_bytes(compiled) -> int | None:
+  """Bytes per device of a compiled program by XLA's accounting (arguments,
+  outputs and temporaries; donated buffers once); None where not reported."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
 
 def train_flops_per_token(model_cfg, seq_len: int) -> float:
@@ -72,7 +90,11 @@ def strict(record: dict) -> dict:
 
 def write_atomically(path: str, text: str) -> None:
   """Writes `text` to `path` through a temporary file beside it: the file is
-  complete or unchanged, and no temporary file stays behind."""
+  complete or unchanged, and no temporary file stays behind. A URL (gs://)
+  is written directly: an object store replaces an object whole."""
+  if workdir_lock.is_url(path):
+    epath.Path(path).write_text(text)
+    return
   tmp = f"{path}.{uuid.uuid4().hex}.tmp"
   try:
     with open(tmp, "x", encoding="utf-8") as f:
@@ -86,7 +108,7 @@ def write_atomically(path: str, text: str) -> None:
 def _read_lines(path: str) -> list[tuple[str, dict]]:
   """(line, record) of a metrics.jsonl; a torn last line is dropped and
   reported, a bad line elsewhere is an error naming it."""
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open(encoding="utf-8") as f:
     lines = [line for line in f if line.strip()]
   records = []
   for i, line in enumerate(lines):
@@ -102,8 +124,19 @@ def _read_lines(path: str) -> list[tuple[str, dict]]:
   return records
 
 
+def _check_gcs_client(tensorboard_dir: str) -> None:
+  """tensorboardX writes gs:// through google-cloud-storage."""
+  try:
+    importlib.import_module("google.cloud.storage")
+  except ImportError:
+    raise errors.UserError(
+        f"TensorBoard events in {tensorboard_dir} need google-cloud-storage: "
+        "pip install google-cloud-storage (or diffusion_lm[gcs])") from None
+
+
 class MetricWriter:
-  """Writes scalars to metrics.jsonl and TensorBoard (on process 0 only)."""
+  """Writes scalars to metrics.jsonl and TensorBoard, and text to TensorBoard
+  (on process 0 only)."""
 
   def __init__(self, workdir: str, resume_step: int | None = None,
                enabled: bool = True):
@@ -112,17 +145,24 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if resume_step is not None:
       self._truncate_after(resume_step)
-    self._jsonl = open(self.path, "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    if workdir_lock.is_url(workdir):  # Rewritten whole (module docstring).
+      self._jsonl, self._lines = None, (
+          [line for line, _ in _read_lines(self.path)]
+          if epath.Path(self.path).exists() else [])
+    else:
+      self._jsonl = open(self.path, "a", encoding="utf-8")
+    tensorboard_dir = os.path.join(workdir, "tensorboard")
+    if tensorboard_dir.startswith("gs://"):
+      _check_gcs_client(tensorboard_dir)
+    self._tb = SummaryWriter(tensorboard_dir)
 
   def _truncate_after(self, step: int) -> None:
-    if not os.path.exists(self.path):
+    if not epath.Path(self.path).exists():
       return
-    with open(self.path, encoding="utf-8") as f:
-      text = f.read()
+    text = epath.Path(self.path).read_text(encoding="utf-8")
     def before(record):  # Written before the checkpoint at `step` was.
       return record["step"] < step or (
           record["step"] == step and not any(k.startswith("eval/") for k in record))
@@ -135,17 +175,31 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps(strict({"step": int(step), **scalars}),
-                                 allow_nan=False) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(strict({"step": int(step), **scalars}),
+                      allow_nan=False) + "\n"
+    if self._jsonl is None:
+      self._lines.append(line)
+      write_atomically(self.path, "".join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for name, value in scalars.items():
       if math.isfinite(value):
         self._tb.add_scalar(name, value, int(step))
     self._tb.flush()
 
+  def write_texts(self, step: int, texts: dict[str, str]) -> None:
+    """Text for TensorBoard's Text tab (markdown), not for metrics.jsonl."""
+    if not self.enabled:
+      return
+    for name, text in texts.items():
+      self._tb.add_text(name, text, int(step))
+    self._tb.flush()
+
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()
 
 
@@ -154,16 +208,18 @@ class TrainLog:
 
   `queue` holds a step's metrics while they are still on the device; the
   next `flush` (after the following step has been dispatched) fetches and
-  writes them, so logging never stalls the device. Throughput counts the
-  steps and seconds since the last flush or `restart_clock` (evaluation
-  pauses are left out).
+  writes them, so logging never stalls the device. Throughput
+  (`train/tokens_per_s`, `train/tokens_per_s_per_device`,
+  `train/step_time_s`, `train/mfu`) counts the steps and seconds since the
+  last flush or `restart_clock` (evaluation pauses are left out).
   """
 
   def __init__(self, writer: MetricWriter, *, start_step: int, total_steps: int,
                tokens_per_step: int, flops_per_step: float,
-               peak_flops: float | None, learning_rate):
+               peak_flops: float | None, learning_rate, devices: int = 1):
     self.writer = writer
     self.total_steps = total_steps
+    self.devices = devices
     self.tokens_per_step = tokens_per_step
     self.flops_per_step = flops_per_step
     self.peak_flops = peak_flops  # Of all devices together; None if unknown.
@@ -190,6 +246,9 @@ class TrainLog:
     steps, seconds = step - self._clock[0], now - self._clock[1]
     logged["train/learning_rate"] = float(self.learning_rate(step - 1))
     logged["train/tokens_per_s"] = steps * self.tokens_per_step / seconds
+    logged["train/tokens_per_s_per_device"] = (logged["train/tokens_per_s"]
+                                               / self.devices)
+    logged["train/step_time_s"] = seconds / steps
     if self.peak_flops:
       logged["train/mfu"] = steps * self.flops_per_step / seconds / self.peak_flops
     self.writer.write(step, logged)

@@ -1,12 +1,25 @@
 """Device mesh, logical-axis sharding rules and multi-host helpers.
 
-The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data
-parallelism with parameters and optimizer state sharded as well). Parameters
-name their dimensions logically (`embed`, `mlp`, `vocab`, ...); the rules in
-`config.mesh.rules` map each logical name to mesh axes. A dimension that a mesh
-axis does not divide evenly stays replicated.
+The mesh has three axes: `data` (pure data parallelism), `fsdp` (data
+parallelism with parameters and optimizer state sharded as well) and `tensor`
+(Megatron-style tensor parallelism: attention heads, the MLP's hidden units
+and the output vocabulary split across devices, one all-reduce of the
+activations after each attention and MLP sub-block, forward and backward).
+The batch is split over `data` x `fsdp` and replicated over `tensor`.
+Parameters name their dimensions logically (`embed`, `mlp`, `heads`,
+`vocab`, ...); the rules in `config.mesh.rules` map each logical name to mesh
+axes, so a recipe picks `mesh.data`, `mesh.fsdp` and `mesh.tensor` and nothing
+else changes. A dimension that its mesh axes do not divide evenly stays
+replicated (the embedding table's vocab_size + 1 rows, say).
+
+`tensor` is the mesh's fastest-varying axis: its groups are neighbouring
+devices of one process (validation requires mesh.tensor to divide each
+process's devices), where the interconnect is fastest and each process's
+rows stay its own.
 """
 
+import contextlib
+import contextvars
 import os
 from collections.abc import Sequence
 
@@ -17,8 +30,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion_lm import errors
 
-MESH_AXES = ("data", "fsdp")
-BATCH = ("data", "fsdp")  # The batch dimension is split over every device.
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # The batch dimension; replicated over `tensor`.
 
 
 def initialize_multihost(coordinator: str | None = None,
@@ -42,24 +55,41 @@ def initialize_multihost(coordinator: str | None = None,
                              num_processes=num_processes, process_id=process_id)
 
 
-def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None):
-  """A (data, fsdp) mesh over `devices` (default: all); -1 fills the rest."""
-  devices = list(devices if devices is not None else jax.devices())
-  shape = [mesh_config.data, mesh_config.fsdp]
-  if shape.count(-1) > 1:
-    raise errors.UserError("at most one of mesh.data and mesh.fsdp may be -1")
-  known = int(np.prod([s for s in shape if s != -1]))
-  if -1 in shape:
-    if len(devices) % known:
-      raise errors.UserError(f"mesh {shape} does not fit {len(devices)} devices")
-    shape[shape.index(-1)] = len(devices) // known
-  if int(np.prod(shape)) != len(devices):
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+  """{axis: size} of the mesh over `num_devices`; the -1 axis fills the rest.
+
+  A config without `tensor` (older checkpoints, tests) has tensor = 1.
+  """
+  sizes = [mesh_config.data, mesh_config.fsdp, mesh_config.get("tensor", 1)]
+  if sizes.count(-1) > 1:
     raise errors.UserError(
-        f"mesh.data * mesh.fsdp = {shape[0]} * {shape[1]} must equal the "
-        f"{len(devices)} devices")
-  return jax.make_mesh(tuple(shape), MESH_AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        "at most one of mesh.data, mesh.fsdp and mesh.tensor may be -1")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise errors.UserError(
+          f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} "
+          "devices")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise errors.UserError(
+        "mesh.data * mesh.fsdp * mesh.tensor = "
+        f"{' * '.join(map(str, sizes))} must equal the {num_devices} devices")
+  return dict(zip(MESH_AXES, sizes))
+
+
+def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None):
+  """The (data, fsdp, tensor) mesh over `devices` (default: all)."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(mesh_config, len(devices))
+  return jax.make_mesh(tuple(shape.values()), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
+
+
+def abstract_mesh(shape: dict[str, int]) -> jax.sharding.AbstractMesh:
+  """A mesh of these axis sizes without devices (for shapes and budgets)."""
+  return jax.sharding.AbstractMesh(tuple(shape.values()), tuple(shape))
 
 
 def logical_to_spec(logical_axes, shape, rules, mesh) -> P:
@@ -76,6 +106,39 @@ def logical_to_spec(logical_axes, shape, rules, mesh) -> P:
     else:
       spec.append(None)
   return P(*spec)
+
+
+_ACTIVATIONS = contextvars.ContextVar("activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh, rules):
+  """While tracing under it, `constrain` places the model's activations:
+  the batch over BATCH, other dimensions by the logical-axis rules."""
+  token = _ACTIVATIONS.set((mesh, (*rules, ("batch", BATCH))))
+  try:
+    yield
+  finally:
+    _ACTIVATIONS.reset(token)
+
+
+def constrain(x, logical_axes):
+  """x constrained to the sharding its dimensions' logical names give
+  (activation_sharding's mesh and rules); x as it is outside that context.
+
+  A named dimension that its mesh axes do not divide is left to XLA, not
+  replicated. Unnamed dimensions are replicated: in the residual stream
+  [batch, length, embed] only the batch is split, so `tensor` needs one
+  all-reduce per sub-block and `fsdp` gathers weights, not activations.
+  """
+  context = _ACTIVATIONS.get()
+  if context is None:
+    return x
+  mesh, rules = context
+  spec = logical_to_spec(logical_axes, x.shape, rules, mesh)
+  spec = P(*(P.UNCONSTRAINED if name is not None and axes is None else axes
+             for name, axes in zip(logical_axes, spec)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def state_shardings(abstract_state: nnx.State, rules, mesh):

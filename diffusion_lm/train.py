@@ -4,7 +4,8 @@ Checks the whole config first (validation.check), then holds the workdir's
 lock (workdir_lock) while it runs. Resumes from the newest intact checkpoint
 in the workdir when there is one. SIGTERM (a preemption) saves a checkpoint at
 the current step and stops the loop. Metrics are fetched one step behind so
-that dispatch stays asynchronous.
+that dispatch stays asynchronous. Each evaluation also writes a few samples
+to TensorBoard's Text tab (previews.Previews).
 
 A non-finite loss or gradient: each step records the first step that had one
 (`health`, on the device); the loop reads it where it waits for the device
@@ -18,19 +19,23 @@ train/skipped_steps.
 
 import dataclasses
 import functools
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import optax
 from absl import logging
 from flax import nnx
 
 from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
-                          metrics, models, parallel, validation, workdir_lock)
-from diffusion_lm.data import corpora, pipeline, tokenizers
+                          metrics, models, parallel, previews, validation,
+                          workdir_lock)
+from diffusion_lm.data import corpora, pipeline, tokenizer_training, tokenizers
 from diffusion_lm.diffusion import objective, schedules
 
 
@@ -99,22 +104,60 @@ def make_loss(model_cfg, schedule, mask_id: int):
       model, batch, key, schedule, mask_id, slices)
 
 
-def make_train_step(graphdef, optimizer, loss, ema_decay: float,
-                    skip_nonfinite: bool, shardings, mesh):
+def value_and_grad_in_parts(loss_fn, params, batch, key, parts: int):
+  """(loss, gradient) of loss_fn(params, batch, key), a loss per scored
+  position, with the batch in `parts` microbatches of strided rows (each
+  device keeps its rows) run one after another by lax.scan, so that only
+  one microbatch's activations are alive at a time.
+
+  Each part's loss is weighted by its scored positions (batch['weights']),
+  so for a loss without randomness the result is the whole batch's; part i
+  draws its randomness from fold_in(key, i).
+  """
+  if parts == 1:
+    return jax.value_and_grad(loss_fn)(params, batch, key)
+  rows = batch["tokens"].shape[0]
+  split = jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape(rows // parts, parts, *x.shape[1:]), 0, 1),
+      batch)
+
+  def add_part(totals, part_and_index):
+    part, i = part_and_index
+    value, grads = jax.value_and_grad(loss_fn)(params, part,
+                                               jax.random.fold_in(key, i))
+    scored = jnp.maximum(jnp.sum(part["weights"]), 1.0)
+    loss_sum, grad_sums = totals
+    return (loss_sum + value * scored,
+            jax.tree.map(lambda a, g: a + g * scored, grad_sums, grads)), None
+
+  zeros = (jnp.float32(0), jax.tree.map(jnp.zeros_like, params))
+  (loss_sum, grad_sums), _ = jax.lax.scan(add_part, zeros,
+                                          (split, jnp.arange(parts)))
+  scored = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+  return loss_sum / scored, jax.tree.map(lambda g: g / scored, grad_sums)
+
+
+def make_train_step(graphdef, optimizer, loss, train_config, shardings, mesh,
+                    rules):
   """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
 
-  The metrics hold the state's health (module doc): `first_nonfinite_step`,
-  and `train/skipped_steps` when skip_nonfinite.
+  The gradient is accumulated over train.microbatches parts of the batch
+  (value_and_grad_in_parts). The metrics hold the state's health (module
+  doc): `first_nonfinite_step`, and `train/skipped_steps` when
+  train.skip_nonfinite_steps.
   """
+  ema_decay = train_config.ema_decay
+  skip_nonfinite = train_config.skip_nonfinite_steps
+
+  def loss_fn(params, batch, key):
+    with parallel.activation_sharding(mesh, rules):
+      return loss(nnx.merge(graphdef, params), batch, key)
 
   def train_step(state, batch):
     step, rng = state["loop"]["step"], state["loop"]["rng"]
-
-    def loss_fn(params):
-      return loss(nnx.merge(graphdef, params), batch,
-                  jax.random.fold_in(rng, step))
-
-    value, grads = jax.value_and_grad(loss_fn)(state["params"])
+    value, grads = value_and_grad_in_parts(
+        loss_fn, state["params"], batch, jax.random.fold_in(rng, step),
+        train_config.microbatches)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"],
@@ -168,6 +211,71 @@ class _StopOnSigterm:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class _ProfileSteps:
+  """A jax.profiler trace of steps first..last (train.profile_steps) in
+  <workdir>/profile (per process in multi-process jobs)."""
+
+  def __init__(self, steps, workdir: str):
+    self.first, self.last = steps or (0, 0)
+    self.directory = os.path.join(workdir, "profile")
+    if jax.process_count() > 1:
+      self.directory = os.path.join(self.directory,
+                                    f"process_{jax.process_index()}")
+    self.tracing = False
+
+  def before(self, step: int) -> None:
+    """Called before running step number `step` (counted from 1)."""
+    if step == self.first:
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+
+  def after(self, step: int, outputs) -> None:
+    """Called once `step` has been dispatched, with its outputs."""
+    if self.tracing and step == self.last:
+      self.stop(outputs)
+
+  def stop(self, outputs=None) -> None:
+    if self.tracing:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self.tracing = False
+      logging.info("Profiled steps %d-%d: %s (TensorBoard's profile tab).",
+                   self.first, self.last, self.directory)
+
+
+def compile_step(step_fn, state, batch, writer, step: int):
+  """step_fn compiled ahead of time for these arguments; logs the compile
+  time (train/compile_s) and XLA's bytes per device."""
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  seconds = time.perf_counter() - start
+  writer.write(step, {"train/compile_s": seconds})
+  size = metrics.compiled_bytes(compiled)
+  memory = "" if size is None else f"; {size / 2**30:.3f} GiB per device (XLA)"
+  logging.info("Compiled the train step in %.1f s%s.", seconds, memory)
+  return compiled
+
+
+def check_layout(mngr, model_config) -> None:
+  """Refuses to resume a checkpoint saved with another model.scan_layers:
+  its parameters are laid out otherwise (per block, or stacked)."""
+  step = mngr.latest_step()
+  if step is None:
+    return
+  try:
+    saved, _ = checkpoints.restore_metadata(mngr, step)
+  except (ValueError, OSError, KeyError):
+    return  # checkpoints.resume falls back past it.
+  if saved.model.scan_layers != model_config.scan_layers:
+    raise errors.UserError(
+        f"the checkpoint at step {step} in {mngr.directory} was saved with "
+        f"model.scan_layers={saved.model.scan_layers} (its blocks' "
+        f"parameters {'stacked' if saved.model.scan_layers else 'per block'})"
+        f" but this run has model.scan_layers={model_config.scan_layers}: "
+        f"resume with --config.model.scan_layers={saved.model.scan_layers}, "
+        "or start a new --workdir")
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
   """The compiled pieces of a run, fixed by the config and the mesh."""
@@ -201,8 +309,7 @@ def build(config, tokenizer, mesh) -> Training:
           graphdef, optimizer,
           make_loss(model_cfg, schedules.from_config(config.diffusion),
                     tokenizer.mask_id),
-          config.train.ema_decay, config.train.skip_nonfinite_steps, shardings,
-          mesh))
+          config.train, shardings, mesh, config.mesh.rules))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -220,6 +327,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str) -> dict:
   # ------------------------------------------------------------------ Setup
+  if jax.process_index() == 0:  # Trained once; the other processes wait.
+    tokenizer_training.ensure_model(config.data)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("tokenizer ready")
   tokenizer = tokenizers.from_config(config.data,
                                      corpora.prepared_dir(config.data))
   mesh = parallel.make_mesh(config.mesh)
@@ -237,14 +348,26 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
 
   # ---------------------------------------------------- Restore or initialise
+  check_layout(mngr, config.model)
   resumed = checkpoints.resume(mngr, training.state_target, train_iter,
                                tokenizer)
   if resumed:
-    start_step, state = resumed
+    start_step, state, data_restored = resumed
     logging.info("Resuming from the checkpoint at step %d.", start_step)
+    if not data_restored:
+      logging.warning(
+          "The checkpoint at step %d was saved by a job with another number "
+          "of processes: its data positions do not apply to this one's. The "
+          "data stream starts afresh in a new order (seeded by the step).",
+          start_step)
+      train_iter = iter(pipeline.train_dataset(
+          config, tokenizer, process_index=jax.process_index(),
+          process_count=jax.process_count(), seed_offset=start_step))
   else:
     start_step, state = 0, training.init()
   validation_split = evaluation.EvalSplit(config, tokenizer, "validation")
+  samples = (previews.Previews(config, tokenizer, training.graphdef)
+             if config.sample.num_samples else None)
   tokens_per_step = config.train.batch_size * config.data.seq_len
   peak = metrics.peak_flops_per_device(jax.devices()[0])
   writer = metrics.MetricWriter(workdir, resume_step=start_step,
@@ -255,7 +378,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       flops_per_step=tokens_per_step * metrics.train_flops_per_token(
           training.model_cfg, config.data.seq_len),
       peak_flops=peak and peak * jax.device_count(),
-      learning_rate=learning_rate_schedule(config.train))
+      learning_rate=learning_rate_schedule(config.train),
+      devices=jax.device_count())
   logging.info("Model: %d parameters; mesh %s; %d steps of %d tokens.",
                models.count_params(state["params"]), dict(mesh.shape),
                config.train.steps, tokens_per_step)
@@ -285,10 +409,15 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   def save(step):
     check_state()  # Metrics up to a checkpoint are on disk before it.
     if mngr.latest_step() != step:
+      start = time.perf_counter()
       checkpoints.save(mngr, step, state, train_iter, config, tokenizer)
+      logging.info("Checkpoint at step %d: the loop waited %.2f s; it is "
+                   "written in the background.", step,
+                   time.perf_counter() - start)
 
   # ------------------------------------------------------------------- Loop
-  step, step_metrics = start_step, None
+  step, step_metrics, step_fn = start_step, None, None
+  profile = _ProfileSteps(config.train.profile_steps, workdir)
   try:
     with _StopOnSigterm() as stop:
       while step < config.train.steps:
@@ -299,9 +428,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
           writer.close()
           return {"preempted": True, "step": step}
         batch = parallel.global_batch(next(train_iter), mesh)
+        if step_fn is None:
+          step_fn = compile_step(training.step, state, batch, writer, step)
         previous = step_metrics
-        state, step_metrics = training.step(state, batch)
+        profile.before(step + 1)
+        state, step_metrics = step_fn(state, batch)
         step += 1
+        profile.after(step, step_metrics)
         # At most two steps in flight: the host waits for the previous step
         # while this one runs. (A deeper queue starves XLA:CPU's collectives
         # across virtual devices: their rendezvous timed out after 40 s.)
@@ -317,11 +450,15 @@ def _train_and_evaluate(config, workdir: str) -> dict:
               config.eval.batches_during_training)
           writer.write(step, {f"validation/{k}": v for k, v in result.items()})
           logging.info("step %d | validation %s", step, _summary(result))
+          if samples:  # TensorBoard's Text tab.
+            writer.write_texts(step, {"samples": samples.markdown(
+                state[eval_name])})
           log.restart_clock(step)
         if step % config.train.checkpoint_every == 0 or last:
           save(step)
       flush()
   finally:  # A save in flight completes, also when the loop stops early.
+    profile.stop(step_metrics)
     mngr.wait_until_finished()
 
   # ------------------------------------------------------- Final evaluation

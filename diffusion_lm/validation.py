@@ -14,7 +14,8 @@ import numbers
 from collections.abc import Callable, Sequence
 
 from diffusion_lm import config_base, errors, models, parallel
-from diffusion_lm.data import corpora, markov, pipeline, tokenizers
+from diffusion_lm.data import (corpora, markov, pipeline, tokenizer_training,
+                               tokenizers)
 from diffusion_lm.diffusion import samplers, schedules
 
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: compute dtypes.
@@ -84,6 +85,9 @@ FIELDS: dict[str, Rule] = {
     "model.rope_base": _real(0, open_low=True),
     "model.attention_impl": _one_of(ATTENTION_IMPLS),
     "model.batch_slices": _int(1),
+    "model.local_width": _int(0, "an integer >= 0 (0 = off)"),
+    "model.remat": _one_of(models.transformer.REMAT_POLICIES),
+    "model.scan_layers": _BOOL,
     "data.corpus": _one_of(corpora.CORPORA),
     "data.files": _STR,
     "data.data_dir": _STR,
@@ -113,6 +117,11 @@ FIELDS: dict[str, Rule] = {
     "train.checkpoint_every": _int(1),
     "train.max_checkpoints": _int(1),
     "train.skip_nonfinite_steps": _BOOL,
+    "train.microbatches": _int(1),
+    "train.profile_steps": (
+        lambda v: v == () or (isinstance(v, (tuple, list)) and len(v) == 2
+                              and all(map(_is_int, v)) and 1 <= v[0] <= v[1]),
+        "() (off) or (first, last) with 1 <= first <= last"),
     "eval.batch_size": _int(1),
     "eval.num_t_samples": _int(1),
     "eval.batches_during_training": _int(0, "an integer >= 0 (0 = all)"),
@@ -123,6 +132,7 @@ FIELDS: dict[str, Rule] = {
     "sample.seed": _int(0),
     "mesh.data": _AXES,
     "mesh.fsdp": _AXES,
+    "mesh.tensor": _AXES,
     "mesh.rules": ((lambda v: isinstance(v, (tuple, list))
                     and all(map(_is_rule, v))),
                    "pairs (logical axis name, None or mesh axes of "
@@ -192,6 +202,8 @@ def _across(config, bad: set[str], devices, process_count: int,
     problems += _called(lambda: schedules.from_config(config.diffusion))
   if config.data.corpus == "markov":
     problems += _called(lambda: markov.checked_params(config.data.markov))
+  problems += _called(lambda: tokenizer_training.check_settings(
+      config.data.tokenizer_train))
   problems += _called(lambda: samplers.make_options(config.sample, {}))
   if valid("data.corpus", "eval.split"):
     splits = corpora.splits(config.data.corpus)
@@ -203,22 +215,67 @@ def _across(config, bad: set[str], devices, process_count: int,
     problems += _called(lambda: check_sample_length(
         config.sample.length, config.data.seq_len,
         f"sample.length={config.sample.length}"))
-  if training and valid("train.batch_size", "model.batch_slices") and (
-      config.train.batch_size % config.model.batch_slices):
+  micro = config.train.microbatches if valid("train.microbatches") else 1
+  if training and valid("train.batch_size") and config.train.batch_size % micro:
+    problems.append(f"train.microbatches={micro} must divide "
+                    f"train.batch_size={config.train.batch_size}")
+  elif training and valid("train.batch_size", "model.batch_slices") and (
+      config.train.batch_size // micro % config.model.batch_slices):
+    per_step = ("" if micro == 1 else
+                f" / train.microbatches={micro}")
     problems.append(
         f"model.batch_slices={config.model.batch_slices} must divide "
-        f"train.batch_size={config.train.batch_size}")
+        f"train.batch_size={config.train.batch_size}{per_step}")
+  if valid("model.attention_impl", "model.dtype") and (
+      config.model.attention_impl == "cudnn"):
+    problems += _cudnn(config.model.dtype, devices)
   if devices is None:
     return problems
-  if valid("mesh.data", "mesh.fsdp"):
-    problems += _called(lambda: parallel.make_mesh(config.mesh, devices))
-  batches = ["train.batch_size"] * training + ["eval.batch_size"]
-  for name in filter(valid, batches):
+  shape = None
+  if valid("mesh.data", "mesh.fsdp", "mesh.tensor"):
+    try:
+      shape = parallel.mesh_shape(config.mesh, len(devices))
+    except errors.UserError as e:
+      problems.append(str(e))
+  local_devices = len(devices) // process_count
+  if shape and local_devices % shape["tensor"]:
+    problems.append(
+        f"mesh.tensor={shape['tensor']} must divide the {local_devices} "
+        "devices of each process (a tensor-parallel group stays within a "
+        "process, on its fast interconnect)")
+  # Rows are split over mesh.data x mesh.fsdp (replicated over tensor).
+  if shape is None or shape["tensor"] == 1:
+    shards, what = len(devices), "devices"
+  else:
+    shards = shape["data"] * shape["fsdp"]
+    what = "data-parallel shards (mesh.data * mesh.fsdp)"
+  batches = [("train.batch_size", micro)] * training + [("eval.batch_size", 1)]
+  for name, parts in batches:
+    if not valid(name):
+      continue
     size = config[name.split(".")[0]].batch_size
-    for count, what in ((len(devices), "devices"), (process_count, "processes")):
+    whose = [f"the {shards} {what}", f"the {process_count} processes"]
+    if parts > 1:
+      whose[0] = (f"{shards * parts} (the {shards} {what} times "
+                  f"train.microbatches={parts})")
+    for count, whose in zip((shards * parts, process_count), whose):
       if size % count:
-        problems.append(f"{name}={size} must be divisible by the {count} "
-                        f"{what} (each takes an equal share of the rows)")
+        problems.append(f"{name}={size} must be divisible by {whose}: each "
+                        "takes an equal share of the rows")
+  return problems
+
+
+def _cudnn(dtype: str, devices) -> list[str]:
+  """model.attention_impl='cudnn': cuDNN's flash attention runs on NVIDIA
+  GPUs, in 16-bit floats."""
+  problems = []
+  if dtype not in ("bfloat16", "float16"):
+    problems.append(f"model.attention_impl='cudnn' needs model.dtype "
+                    f"'bfloat16' or 'float16', not {dtype!r}")
+  platforms = sorted({d.platform for d in devices or ()})
+  if devices is not None and platforms != ["gpu"]:
+    problems.append(f"model.attention_impl='cudnn' needs NVIDIA GPUs, not "
+                    f"{'/'.join(platforms)} devices; use '' or 'xla'")
   return problems
 
 

@@ -7,6 +7,13 @@ kernel released its flock, and on the same host its pid is gone. A lock left
 by another host is not taken over (its process cannot be asked): the message
 says to delete the file if that run is gone. Local and network file systems
 with POSIX locks; in a multi-process job only process 0 holds it.
+
+A workdir given as a URL (`gs://bucket/run`) is read and written through
+etils.epath. An object store offers no flock, so there the lock is
+advisory: the holder's record is read, then ours written, and two runs
+started within that moment would both proceed (a warning says so). A lock
+left there by a run on this host that is gone is taken over; one from
+another host is not.
 """
 
 import datetime
@@ -16,10 +23,21 @@ import os
 import socket
 
 from absl import logging
+from etils import epath
 
 from diffusion_lm import errors
 
 LOCK_FILE = "lock"
+
+
+def is_url(path) -> bool:
+  """Whether `path` is a URL (gs://...), not a path of the local file system."""
+  return "://" in os.fspath(path)
+
+
+def absolute(workdir: str) -> str:
+  """A local workdir as an absolute path; a URL as it is."""
+  return workdir if is_url(workdir) else os.path.abspath(workdir)
 
 
 def _alive(pid: int) -> bool:
@@ -45,11 +63,12 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = absolute(workdir)
     self.path = os.path.join(self.workdir, LOCK_FILE)
     self.enabled = enabled
     self._fd = None
     self._created = False
+    self._record = None  # What a URL workdir's lock holds while we hold it.
 
   def _refuse(self, holder: dict, advice: str):
     raise errors.UserError(
@@ -74,41 +93,76 @@ class WorkdirLock:
       os.close(fd)
 
   @staticmethod
-  def _read(fd: int) -> dict:
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 1 << 16).decode("utf-8", errors="replace")
+  def _parse(text: str) -> dict:
     try:
       holder = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError:
       holder = {"pid": "?", "host": "?", "started": text[:80]}
     return holder if isinstance(holder, dict) else {}
 
+  @classmethod
+  def _read(cls, fd: int) -> dict:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return cls._parse(os.read(fd, 1 << 16).decode("utf-8", errors="replace"))
+
+  def _take_over(self, holder: dict) -> None:
+    """Refuses a lock whose holder may still run; warns when taking over
+    one left by a process that is gone (no holder: nothing to do)."""
+    if not holder:
+      return
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname():
+      self._refuse(holder, "if that run has ended, delete the lock file")
+    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+      # No flock but alive: a file system without locks, or a URL workdir.
+      self._refuse(holder, "wait for it to finish or stop it")
+    logging.warning("Taking over the lock of %s, which is no longer running.",
+                    _describe(holder))
+
+  @staticmethod
+  def _new_record() -> str:
+    return json.dumps({
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds")})
+
+  def _enter_url(self):
+    """The advisory lock of a URL workdir (module docstring)."""
+    path = epath.Path(self.path)
+    self._take_over(self._parse(path.read_text()) if path.exists() else {})
+    logging.warning(
+        "--workdir=%s is a URL: its lock %s cannot be taken atomically, so a "
+        "second run started at the same moment would not be refused; start "
+        "one run per workdir.", self.workdir, self.path)
+    self._record = self._new_record()
+    path.write_text(self._record)
+    return self
+
   def __enter__(self):
     if not self.enabled:
       return self
+    if is_url(self.workdir):
+      return self._enter_url()
     self._created = not os.path.isdir(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     fd = self._open_locked()
-    holder, host = self._read(fd), socket.gethostname()
-    if holder:
-      pid = holder.get("pid")
-      if holder.get("host") != host:
-        os.close(fd)
-        self._refuse(holder, "if that run has ended, delete the lock file")
-      if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
-        os.close(fd)  # No flock but alive: a file system without locks.
-        self._refuse(holder, "wait for it to finish or stop it")
-      logging.warning("Taking over the lock of %s, which is no longer running.",
-                      _describe(holder))
-    record = {"host": host, "pid": os.getpid(),
-              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    try:
+      self._take_over(self._read(fd))
+    except errors.UserError:
+      os.close(fd)
+      raise
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode(), 0)
+    os.pwrite(fd, self._new_record().encode(), 0)
     os.fsync(fd)
     self._fd = fd
     return self
 
   def __exit__(self, *exc):
+    if self._record is not None:  # A URL workdir: deleted unless taken over.
+      path = epath.Path(self.path)
+      if path.exists() and path.read_text() == self._record:
+        path.unlink()
+      self._record = None
+      return
     if self._fd is None:
       return
     os.remove(self.path)  # While still holding the flock.

@@ -15,7 +15,7 @@ from fixtures import (LM1B_HELDOUT, LM1B_TRAIN, sentences, write_lm1b_archive,
                       write_owt_texts, write_text8_zip)
 
 from diffusion_lm import api, train
-from diffusion_lm.data import corpora, pipeline, tokenizers, train_tokenizer
+from diffusion_lm.data import corpora, pipeline, tokenizer_training, tokenizers
 
 
 def tiny_recipe(name: str, data_dir):
@@ -29,9 +29,9 @@ def tiny_recipe(name: str, data_dir):
 
 def with_sentencepiece(config, vocab_size: int):
   """Trains the recipe's sentencepiece model (small) and points the config at it."""
-  model = train_tokenizer.train_model(config.data, vocab_size, "bpe")
+  model = tokenizer_training.train_model(config.data, vocab_size, "bpe")
   path = f"{corpora.builder(config.data).data_dir}/spm_tiny.model"
-  train_tokenizer.write_atomically(path, model)
+  tokenizer_training.write_atomically(path, model)
   config.data.tokenizer_model = "spm_tiny.model"
 
 

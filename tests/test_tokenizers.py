@@ -11,7 +11,7 @@ import sentencepiece as spm
 
 from conftest import config_flags, run_module
 from diffusion_lm import config_base, errors
-from diffusion_lm.data import corpora, tokenizers
+from diffusion_lm.data import corpora, tokenizer_training, tokenizers
 
 BYTE = tokenizers.ByteTokenizer()
 CHAR = tokenizers.CharTokenizer()
@@ -227,3 +227,24 @@ def test_train_tokenizer_fails_in_one_line_and_writes_nothing(
   assert last.startswith("error: sentencepiece cannot train --vocab_size=5000 "
                          "--model_type=unigram: Vocabulary size too high")
   assert set(os.listdir(os.path.dirname(trained[0]))) == before
+
+
+def test_a_named_model_is_trained_on_first_use_and_then_kept(
+    trained, corpus_glob, tmp_path):
+  # Bugs caught: the main job failing on a recipe whose tokenizer does not
+  # exist yet, retraining (and so changing) it on every run, or training a
+  # model other than the one named.
+  config = data_config(corpus_glob, str(tmp_path),
+                       tokenizer_model="spm_bpe_320.model")
+  config.tokenizer_train.update(vocab_size=320, model_type="bpe")
+  tokenizer_training.ensure_model(config)
+  path = os.path.join(corpora.prepared_dir(config), "spm_bpe_320.model")
+  first = pathlib.Path(path).stat().st_mtime_ns
+  tok = from_config(config)
+  assert tok.vocab_size == 320
+  tokenizer_training.ensure_model(config)
+  assert pathlib.Path(path).stat().st_mtime_ns == first
+  config.tokenizer_train.model_type = "word"
+  with pytest.raises(errors.UserError,
+                     match="data.tokenizer_train.model_type='word'"):
+    tokenizer_training.check_settings(config.tokenizer_train)

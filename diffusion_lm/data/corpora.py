@@ -12,6 +12,8 @@ are prepared once with `python -m diffusion_lm.data.prepare` (`prepare`), and
 """
 
 from etils import epath
+import jax
+from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
 from diffusion_lm import errors
@@ -58,12 +60,22 @@ def builder(data_config) -> DocumentBuilder:
   """The prepared builder for `data.corpus`.
 
   Corpora without downloads are prepared here on first use; the others raise
-  errors.NotPrepared until `prepare` has run.
+  errors.NotPrepared until `prepare` has run. In a multi-process job (every
+  process calls this alike) process 0 prepares first while the others wait:
+  two processes writing one shared data dir collide. A process whose data
+  dir is on a disk of its own then prepares its own copy.
   """
   b = make_builder(data_config)
-  if not b.is_prepared():
-    if b.DOWNLOADS:
+  if b.DOWNLOADS:
+    if not b.is_prepared():
       raise errors.NotPrepared(data_config.corpus, str(b.data_dir_root))
+    return b
+  if jax.process_count() > 1:
+    if jax.process_index() == 0 and not b.is_prepared():
+      b.download_and_prepare()
+    multihost_utils.sync_global_devices("diffusion_lm: corpus prepared")
+    b = make_builder(data_config)  # Sees what process 0 wrote.
+  if not b.is_prepared():
     b.download_and_prepare()
   return b
 

@@ -114,8 +114,13 @@ def per_process_batch(global_batch: int, process_count: int, field: str) -> int:
 
 
 def train_dataset(config, tokenizer, *, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """Endless per-process training batches; iterate with iter() and checkpoint."""
+                  process_count: int = 1, seed_offset: int = 0
+                  ) -> grain.IterDataset:
+  """Endless per-process training batches; iterate with iter() and checkpoint.
+
+  Shuffled with train.seed + seed_offset (a resumed run whose data position
+  could not be restored starts a new order).
+  """
   batch = per_process_batch(config.train.batch_size, process_count,
                             "train.batch_size")
   docs = grain.MapDataset.source(source(config.data, "train"))
@@ -123,10 +128,11 @@ def train_dataset(config, tokenizer, *, process_index: int = 0,
   if len(docs) == 0:
     raise errors.UserError(
         f"process {process_index} of {process_count} has no training documents")
-  docs = docs.shuffle(seed=config.train.seed).repeat()
+  seed = config.train.seed + seed_offset
+  docs = docs.shuffle(seed=seed).repeat()
   rows = _rows(_encoded(docs, tokenizer), config.data, tokenizer.eos_id)
   rows = grain.experimental.WindowShuffleIterDataset(
-      rows, window_size=_SHUFFLE_WINDOW, seed=config.train.seed)
+      rows, window_size=_SHUFFLE_WINDOW, seed=seed)
   return rows.batch(batch, drop_remainder=True)
 
 

@@ -6,6 +6,15 @@ parameter carries `logical_axes` metadata (names such as 'embed', 'mlp'), which
 `parallel.py` maps to mesh axes with the rules in `config.mesh.rules`.
 Parameters are kept in float32; matmuls run in `dtype`; logits are float32.
 
+For large models: `remat` recomputes each block's activations in the
+backward pass instead of keeping them (REMAT_POLICIES: 'none', 'full', or
+'dots', which keeps the outputs of the weight matmuls and recomputes the
+rest), and `scan_layers` stores the blocks' parameters stacked along a
+leading 'layers' axis and runs them with one lax.scan, so the compiled
+program (and its compile time) does not grow with depth. The two layouts
+have different parameter trees (blocks/0/attn/qkv [D, 3, H, K] or
+blocks/attn/qkv [layers, D, 3, H, K]) but, for a seed, the same values.
+
 The input vocabulary has one more id than the output: the [MASK] id
 (= vocab_size) can be read but is never predicted (SUBS parameterisation);
 the autoregressive twin reads it as its beginning-of-sequence token.
@@ -19,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffusion_lm import errors
+from diffusion_lm import errors, parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +48,10 @@ class TransformerConfig:
   attention_impl: str  # '' lets JAX choose; or 'xla', 'cudnn'
   local_width: int  # The input layer mixes each token with k neighbours.
   batch_slices: int  # Callers run rows in this many slices (objective.in_slices).
+  # Defaults only for building a config by hand (tests); config_base.py holds
+  # the config's defaults, and from_config takes every field from it.
+  remat: str = "none"  # A name in REMAT_POLICIES.
+  scan_layers: bool = False  # Stacked blocks run by one lax.scan.
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int) -> "TransformerConfig":
@@ -53,6 +66,9 @@ class TransformerConfig:
     if model_config.objective not in OBJECTIVES:
       raise errors.UserError(f"model.objective={model_config.objective!r} is "
                              f"not one of {list(OBJECTIVES)}")
+    if model_config.remat not in REMAT_POLICIES:
+      raise errors.UserError(f"model.remat={model_config.remat!r} is not one "
+                             f"of {list(REMAT_POLICIES)}")
     if model_config.objective == "autoregressive" and model_config.time_conditioning:
       raise errors.UserError("model.time_conditioning=True needs "
                              "model.objective='diffusion' (no masking rate in "
@@ -65,6 +81,23 @@ class TransformerConfig:
 
 
 OBJECTIVES = ("diffusion", "autoregressive")
+
+# model.remat -> what a block keeps for the backward pass (None: everything;
+# jax.checkpoint policies otherwise). 'dots' keeps the outputs of the weight
+# matmuls (`dense`: 2-D, no batch dimensions) and recomputes the norms,
+# activations and attention (whose matmuls have batch dimensions).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+# Logical names of activations' dimensions (parallel.constrain): the batch
+# split over the data axes, heads and MLP units over `tensor` (by the rules);
+# the residual stream's features whole on every device.
+RESIDUAL = ("batch", None, None)
+HEADS = ("batch", None, "heads", None)
 
 
 def _param(rngs, shape, axes, stddev):
@@ -111,6 +144,9 @@ def dense(x, kernel, dtype):
 
   XLA's CPU backend runs plain 2-D matmuls about 1.5x faster than the same
   contraction written with batch dimensions, so both sides are flattened.
+  Flattening keeps a kernel split over `tensor` split only when the split
+  dimension leads `out` (heads in [H, K], not in [3, H, K]: XLA would gather
+  that whole kernel on every device).
   """
   lead, out = x.shape[:-1], kernel.shape[1:]
   y = x.reshape(-1, x.shape[-1]) @ kernel.astype(dtype).reshape(kernel.shape[0], -1)
@@ -136,9 +172,12 @@ class Attention(nnx.Module):
     whole cache under mask_Bx1xTxS; the updated cache is returned.
     """
     b, t, _ = x_BxTxD.shape
-    qkv_BxTx3xHxK = dense(x_BxTxD, self.qkv[...], x_BxTxD.dtype)
-    # split, not indexing: its gradient is one concatenation, not three pads.
-    q, k, v = (x[:, :, 0] for x in jnp.split(qkv_BxTx3xHxK, 3, axis=2))
+    # Three matmuls (dense): heads lead each [D, H, K] kernel, so the heads
+    # split over `tensor` stay split. split, not indexing: its gradient is
+    # one concatenation, not three pads.
+    q, k, v = (parallel.constrain(dense(x_BxTxD, w[:, 0], x_BxTxD.dtype),
+                                  HEADS)
+               for w in jnp.split(self.qkv[...], 3, axis=1))
     # The 1/sqrt(head_dim) logit scale rides on the query's rotation tables:
     # a scale inside the attention costs XLA a full pass over [B, H, L, L].
     scale = self.cfg.head_dim**-0.5
@@ -151,6 +190,7 @@ class Attention(nnx.Module):
         q, k, v, mask=mask_Bx1xTxS, scale=1.0,
         is_causal=self.cfg.causal and cache is None,
         implementation=self.cfg.attention_impl or None)
+    y_BxTxHxK = parallel.constrain(y_BxTxHxK, HEADS)
     out = self.out[...]
     return dense(y_BxTxHxK.reshape(b, t, -1), out.reshape(-1, out.shape[-1]),
                  x_BxTxD.dtype), (k, v)
@@ -170,7 +210,8 @@ class GatedMLP(nnx.Module):
     dtype = x_BxLxD.dtype
     hidden = (jax.nn.silu(dense(x_BxLxD, self.gate[...], dtype))
               * dense(x_BxLxD, self.up[...], dtype))
-    return dense(hidden, self.down[...], dtype)
+    return dense(parallel.constrain(hidden, ("batch", None, "mlp")),
+                 self.down[...], dtype)
 
 
 class Block(nnx.Module):
@@ -183,8 +224,8 @@ class Block(nnx.Module):
 
   def __call__(self, x, cos, sin, mask, cache=None, start=0):
     y, kv = self.attn(self.attn_norm(x), cos, sin, mask, cache, start)
-    x = x + y
-    return x + self.mlp(self.mlp_norm(x)), kv
+    x = parallel.constrain(x + y, RESIDUAL)
+    return parallel.constrain(x + self.mlp(self.mlp_norm(x)), RESIDUAL), kv
 
 
 def timestep_features(mask_rate_B, dim: int):
@@ -251,6 +292,17 @@ def shift(x_BxLxD, offset: int, segment_ids_BxL=None):
   return out
 
 
+def stack_blocks(blocks: list[Block]) -> Block:
+  """One Block whose parameters are those of `blocks` stacked on a leading
+  'layers' axis (replicated: no mesh rule names it)."""
+  graphdef, _ = nnx.split(blocks[0])
+  states = [nnx.split(b)[1] for b in blocks]
+  return nnx.merge(graphdef, jax.tree.map(
+      lambda *vs: vs[0].replace(jnp.stack([v[...] for v in vs]),
+                                logical_axes=("layers", *vs[0].logical_axes)),
+      *states, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
 def segment_mask(segment_ids_BxL):
   """[B, 1, L, L]: True where query and key lie in the same segment."""
   return (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
@@ -267,11 +319,12 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = _param(rngs, (cfg.vocab_size + 1, cfg.embed_dim),
-                        ("vocab", "embed"), EMBED_STDDEV)
+                        ("vocab_in", "embed"), EMBED_STDDEV)
     self.local = (LocalMixing(cfg, rngs) if cfg.local_width else None)
     self.time_embed = (TimeEmbedding(cfg.embed_dim, rngs)
                        if cfg.time_conditioning else None)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    blocks = [Block(cfg, rngs) for _ in range(cfg.num_layers)]
+    self.blocks = stack_blocks(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.final_norm = RMSNorm(cfg.embed_dim)
     self.head = _param(rngs, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), 0.0)
 
@@ -286,25 +339,56 @@ class Transformer(nnx.Module):
       x = x + self.time_embed(mask_rate_B, x.dtype)[:, None, :]
     cos, sin = rope_tables(tokens_BxL.shape[1], cfg.head_dim, cfg.rope_base)
     mask = None if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
-    for block in self.blocks:
-      x, _ = block(x, cos, sin, mask)
+    x, _ = self._layers(x, cos, sin, mask)
     return self._logits(x)
 
+  def _layers(self, x, cos, sin, mask, caches=None, start=0):
+    """x through every block (with model.remat and model.scan_layers);
+    returns (x, the blocks' keys and values) when given their `caches`, else
+    (x, None)."""
+    cfg = self.cfg
+    decoding = caches is not None
+
+    def layer(graphdef, block_state, x, cache):
+      y, kv = nnx.merge(graphdef, block_state)(x, cos, sin, mask, cache, start)
+      return y, (kv if decoding else None)
+
+    if cfg.remat != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat],
+                             prevent_cse=not cfg.scan_layers, static_argnums=0)
+    if cfg.scan_layers:
+      graphdef, stacked = nnx.split(self.blocks)
+      return jax.lax.scan(
+          lambda x, xs: layer(graphdef, xs[0], x, xs[1]), x, (stacked, caches))
+    new_caches = []
+    for i, block in enumerate(self.blocks):
+      x, kv = layer(*nnx.split(block), x, caches[i] if decoding else None)
+      new_caches.append(kv)
+    return x, (new_caches if decoding else None)
+
   def _embed(self, tokens):
-    return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
+    # The table whole on every device (fsdp gathers it, as any weight), so
+    # that each device looks up its own rows.
+    table = parallel.constrain(self.embed[...], (None, None))
+    return parallel.constrain(
+        jnp.take(table, tokens, axis=0).astype(self.cfg.dtype), RESIDUAL)
 
   def _logits(self, x):
-    return dense(self.final_norm(x), self.head[...],
-                 jnp.dtype(self.cfg.dtype)).astype(jnp.float32)
+    logits = dense(self.final_norm(x), self.head[...], jnp.dtype(self.cfg.dtype))
+    return parallel.constrain(logits, ("batch", None, "vocab")).astype(jnp.float32)
 
   def init_cache(self, batch: int, length: int) -> dict:
     """Room for `length` positions: their input tokens, and per layer their
     keys and values."""
     cfg = self.cfg
     shape = (batch, length, cfg.num_heads, cfg.head_dim)
-    return {"tokens": jnp.zeros((batch, length), jnp.int32),
-            "layers": [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-                       for _ in self.blocks]}
+    if cfg.scan_layers:  # Stacked like the blocks: [layers, B, S, H, K].
+      shape = (cfg.num_layers, *shape)
+      layers = (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+    else:
+      layers = [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+                for _ in self.blocks]
+    return {"tokens": jnp.zeros((batch, length), jnp.int32), "layers": layers}
 
   def decode(self, tokens_BxT, cache: dict, start):
     """Causal logits of T tokens at positions start .. start + T - 1 (the
@@ -325,9 +409,6 @@ class Transformer(nnx.Module):
                 for table in rope_tables(length, cfg.head_dim, cfg.rope_base))
     query_T = start + jnp.arange(t)
     mask_1x1xTxS = (jnp.arange(length)[None, :] <= query_T[:, None])[None, None]
-    layers = []
-    for block, layer_cache in zip(self.blocks, cache["layers"]):
-      x, kv = block(x, cos, sin, mask_1x1xTxS, layer_cache, start)
-      layers.append(kv)
+    x, layers = self._layers(x, cos, sin, mask_1x1xTxS, cache["layers"], start)
     return self._logits(x), {"tokens": all_tokens, "layers": layers}
 

@@ -1,0 +1,112 @@
+"""Training SentencePiece models on a corpus: the library behind
+`python -m diffusion_lm.data.train_tokenizer`, and first-use training.
+
+The models keep every byte of the text, so bits per byte stay exact:
+identity normalization, no dummy prefix, whitespace kept as it is, and byte
+fallback (characters outside the vocabulary become their UTF-8 bytes). Their
+ids are <unk> = 0, EOS = 1, the 256 byte pieces, then the learned pieces.
+
+With `data.tokenizer_train.vocab_size` > 0, a recipe names a model that does
+not exist yet (`data.tokenizer_model`, relative to the prepared corpus) and
+the first run trains it there (`ensure_model`), as corpora are prepared on
+first use.
+"""
+
+import contextlib
+import io
+import os
+import uuid
+
+import sentencepiece as spm
+from absl import logging
+
+from diffusion_lm import errors
+from diffusion_lm.data import corpora, pipeline, tokenizers
+
+MODEL_TYPES = ("unigram", "bpe", "char")
+
+
+def train_model(data_config, vocab_size: int, model_type: str, *,
+                max_documents: int = 0,
+                character_coverage: float = 0.9995) -> bytes:
+  """A serialized SentencePiece model trained on the corpus's train split.
+
+  Trains on the first `max_documents` training documents (0: all of them);
+  text that is not valid UTF-8 is read with U+FFFD in its place.
+  """
+  source = pipeline.source(data_config, "train")
+  num_docs = min(max_documents or len(source), len(source))
+  if not num_docs:
+    raise errors.UserError(
+        f"data.corpus={data_config.corpus!r} has no training documents")
+  logging.info("Training a %s sentencepiece model of %d pieces on %d "
+               "documents of data.corpus=%r.", model_type, vocab_size, num_docs,
+               data_config.corpus)
+  documents = (source[i]["text"].decode("utf-8", errors="replace")
+               for i in range(num_docs))
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=documents, model_writer=model,
+        vocab_size=vocab_size, model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=True, normalization_rule_name="identity",
+        add_dummy_prefix=False, remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0, eos_id=1, bos_id=-1, pad_id=-1,
+        max_sentence_length=1 << 30,  # Whole documents (SentencePiece's limit).
+        minloglevel=2)
+  except RuntimeError as e:  # "INTERNAL: file.cc(line) [check] Message."
+    detail = str(e).rpartition("] ")[2].strip() or str(e)
+    raise errors.UserError(
+        f"sentencepiece cannot train --vocab_size={vocab_size} "
+        f"--model_type={model_type}: {detail}") from None
+  return model.getvalue()
+
+
+def write_atomically(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file in the same directory:
+  the file appears complete or not at all."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+  try:
+    with open(tmp, "xb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def check_settings(settings) -> None:
+  """Refuses bad `data.tokenizer_train` values, naming the field."""
+  problems = []
+  if not (isinstance(settings.vocab_size, int) and settings.vocab_size >= 0):
+    problems.append(f"vocab_size={settings.vocab_size!r} must be an integer "
+                    ">= 0 (0 = never train)")
+  if settings.model_type not in MODEL_TYPES:
+    problems.append(f"model_type={settings.model_type!r} must be one of "
+                    f"{list(MODEL_TYPES)}")
+  if not (isinstance(settings.max_documents, int) and settings.max_documents >= 0):
+    problems.append(f"max_documents={settings.max_documents!r} must be an "
+                    "integer >= 0 (0 = all)")
+  if problems:
+    raise errors.UserError("; ".join(f"data.tokenizer_train.{p}" for p in problems))
+
+
+def ensure_model(data_config) -> None:
+  """Trains data.tokenizer_model on the corpus's train split when it is
+  missing and data.tokenizer_train.vocab_size asks for one (module doc)."""
+  settings = data_config.tokenizer_train
+  if data_config.tokenizer != "sentencepiece" or not settings.vocab_size:
+    return
+  path = os.path.join(corpora.builder(data_config).data_dir,
+                      os.path.expanduser(data_config.tokenizer_model))
+  if os.path.exists(path):
+    return
+  model = train_model(data_config, settings.vocab_size, settings.model_type,
+                      max_documents=settings.max_documents)
+  tokenizers.SentencePieceTokenizer(model, name=path)  # Loads as training will.
+  write_atomically(path, model)
+  logging.info("Wrote %s.", path)

@@ -1,0 +1,115 @@
+"""Two processes x 2 CPU devices, joined by launch/local.sh, train as one job:
+the same losses as 1 process x 4 devices, one SIGTERM stops both with one
+checkpoint, and 1 process on another mesh resumes it to the same losses.
+
+Every document of the corpus is the same short line and rows are padded
+(data.packing=pad), so every row of every batch is the same whichever
+process reads it: the two jobs' batches are equal although each process
+reads its own share of the documents (tests/test_data.py checks the shares),
+and so, step by step, are their losses.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY_CONFIG
+
+STEPS = 120
+
+
+@pytest.fixture(scope="module")
+def flags(tmp_path_factory):
+  corpus = tmp_path_factory.mktemp("same_lines")
+  for i in range(12):
+    (corpus / f"doc_{i:02d}.txt").write_text("alpha beta gamma delta\n")
+  return [f"--config={TINY_CONFIG}", f"--config.data.files={corpus}/*.txt",
+          f"--config.data.data_dir={tmp_path_factory.mktemp('tfds')}",
+          "--config.data.packing=pad", f"--config.train.steps={STEPS}",
+          "--config.train.log_every=2", "--config.train.checkpoint_every=1000",
+          "--config.train.eval_every=1000", "--config.sample.num_samples=0"]
+
+
+def losses(workdir) -> dict[int, float]:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def main(flags, workdir, devices: int, *extra):
+  """One process of `devices` CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+  return subprocess.run(
+      [sys.executable, "-m", "diffusion_lm.main", *flags, *extra,
+       f"--workdir={workdir}"], env=env, cwd=REPO, capture_output=True,
+      text=True, timeout=300)
+
+
+def pid_of_process(index: int, workdir) -> int:
+  """The pid of the job's process `index` (JAX_PROCESS_ID in its environment)."""
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    except OSError:
+      continue
+    if (f"JAX_PROCESS_ID={index}".encode() in environ
+        and f"--workdir={workdir}".encode() in argv and b"-m" in argv):
+      return int(pid)
+  raise AssertionError(f"no process {index} of the job in {workdir}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds pids in /proc")
+def test_two_processes_train_stop_and_resume_as_one_job(flags, tmp_path):
+  # Bugs: processes that assemble the global batch in another order or
+  # average gradients over their own devices only (losses differ from the
+  # 4-device run); a SIGTERM to one process that leaves the other running or
+  # saves two different steps; a checkpoint that only restores onto the
+  # process count and mesh that wrote it (the data positions are per process).
+  reference = tmp_path / "one_process"
+  result = main(flags, reference, 4)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  workdir = tmp_path / "two_processes"
+  job = subprocess.Popen(
+      ["launch/local.sh", "--num_processes=2", "--devices_per_process=2",
+       f"--log_dir={tmp_path / 'logs'}", "--", sys.executable, "-m",
+       "diffusion_lm.main", *flags, f"--workdir={workdir}"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  while not (workdir / "metrics.jsonl").exists() or 6 not in losses(workdir):
+    assert job.poll() is None, job.stdout.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  os.kill(pid_of_process(1, workdir), signal.SIGTERM)  # Not the coordinator.
+  output, _ = job.communicate(timeout=120)
+  logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in (0, 1)]
+  # Preempted: both stop (status 143) at one step, with one checkpoint there.
+  assert job.returncode == 143, output[-3000:]
+  saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert len(saved) == 1 and 6 <= saved[0] < STEPS, saved
+  for log in logs:
+    assert f"Preempted: saving the checkpoint at step {saved[0]}." in log
+  positions = os.listdir(workdir / "checkpoints" / str(saved[0]) / "data")
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(positions)
+  two = losses(workdir)
+  one = losses(reference)
+  assert max(two) >= 6
+  for step, loss in two.items():
+    assert loss == pytest.approx(one[step], rel=1e-5), step
+
+  # 1 process, 2 devices, parameters sharded (fsdp) instead of replicated.
+  result = main(flags, workdir, 2, "--config.mesh.fsdp=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "another number of processes" in result.stderr
+  resumed = losses(workdir)
+  assert sorted(resumed) == sorted(one)
+  for step, loss in resumed.items():
+    assert loss == pytest.approx(one[step], rel=1e-5), step
