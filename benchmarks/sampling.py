@@ -51,7 +51,7 @@ def sweep(length: int) -> list[dict]:
              for t in (0.99, 0.95, 0.9, 0.8, 0.7, 0.5)]
           + [{"sampler": "factor", "factor": f} for f in (0.25, 0.5, 1.0, 2.0)]
           + [{"sampler": "entropy_bounded", "gamma": g}
-             for g in (0.1, 0.3, 1.0, 3.0, 10.0)]
+             for g in (0.1, 0.3, 1.0, 3.0, 5.0, 10.0)]
           + [{"sampler": "remdm", "steps": length, "eta": e} for e in (0.02, 0.05)])
 
 

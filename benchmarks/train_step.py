@@ -4,7 +4,7 @@
       --seq 256 --batch 16 --vocab 256
 
 Prints one JSON line: train_tokens_per_s (median over --repeats timings of
---steps steps each), compile_s (first call, compilation included) and params.
+--steps steps each), compile_s (lowering and compiling the step) and params.
 The step is the real one from diffusion_lm.train (NELBO loss, gradient, AdamW,
 clipping) on random tokens; the SwiGLU width is --mlp_ratio * width (2.75:
 704 at width 256, the GLU width of md4's text8 model at that shape). The rows

@@ -16,14 +16,18 @@ Prepare the data and the tokenizer once (downloads about 1.7 GB):
       --config.data.data_dir=$TFDS_DATA_DIR --vocab_size=32000 \
       --model_type=unigram --max_documents=2000000
 
-Train on a TPU v5p-32 slice (the same command on every worker):
+Train on a TPU v5p-32 slice (launch/README.md), created for the run and
+deleted after it; the data dir must exist on every worker:
 
-  python -m diffusion_lm.main --config=configs/lm1b.py --multihost \
-      --workdir=gs://BUCKET/runs/lm1b --config.data.data_dir=$TFDS_DATA_DIR
+  launch/tpu_vm.sh --name=lm1b --zone=us-east5-a --accelerator=v5p-32 \
+      --spot --delete_after -- python -m diffusion_lm.main \
+      --config=configs/lm1b.py --workdir=gs://BUCKET/runs/lm1b \
+      --config.data.data_dir=$TFDS_DATA_DIR
 
-or on one GPU node of 8 H100s:
+or on one SLURM node of 8 H100s (one process per GPU):
 
-  python -m diffusion_lm.main --config=configs/lm1b.py --workdir=runs/lm1b
+  sbatch --nodes=1 launch/gpu_slurm.sbatch python -m diffusion_lm.main \
+      --config=configs/lm1b.py --workdir=/shared/runs/lm1b
 
 Budget (`python -m diffusion_lm.budget --config=configs/lm1b.py
 --vocab_size=32000`): 134.1M parameters, 6.71e8 training FLOPs per token over

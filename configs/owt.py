@@ -18,16 +18,19 @@ archive or its .txt files in --manual_dir):
       --config.data.data_dir=$TFDS_DATA_DIR --vocab_size=50257 \
       --model_type=bpe --max_documents=100000
 
-Train on a TPU v5p-128 slice (the same command on every worker):
+Train on a TPU v5p-128 slice (launch/README.md), queued until the capacity
+is there and deleted after the run; the data dir must exist on every worker:
 
-  python -m diffusion_lm.main --config=configs/owt.py --multihost \
-      --workdir=gs://BUCKET/runs/owt --config.data.data_dir=$TFDS_DATA_DIR
+  launch/tpu_vm.sh --name=owt --zone=us-east5-a --accelerator=v5p-128 \
+      --queued --spot --delete_after -- python -m diffusion_lm.main \
+      --config=configs/owt.py --workdir=gs://BUCKET/runs/owt \
+      --config.data.data_dir=$TFDS_DATA_DIR
 
-or on GPU nodes of 8 H100s (one process per node; jax.distributed finds the
-coordinator from the cluster's environment, e.g. SLURM):
+or on 8 SLURM nodes of 8 H100s (one process per GPU; the workdir on storage
+every node sees):
 
-  python -m diffusion_lm.main --config=configs/owt.py --multihost \
-      --workdir=/shared/runs/owt
+  sbatch --nodes=8 launch/gpu_slurm.sbatch python -m diffusion_lm.main \
+      --config=configs/owt.py --workdir=/shared/runs/owt
 
 Budget (`python -m diffusion_lm.budget --config=configs/owt.py
 --vocab_size=50257`): 163.3M parameters, 8.54e8 training FLOPs per token over

@@ -10,14 +10,18 @@ Prepare the data once (downloads text8.zip, about 31 MB):
   python -m diffusion_lm.data.prepare --config=configs/text8.py \
       --config.data.data_dir=$TFDS_DATA_DIR
 
-Train on a TPU v5p-32 slice (16 chips; the same command on every worker):
+Train on a TPU v5p-32 slice (16 chips; launch/README.md), created for the
+run and deleted after it; the data dir must exist on every worker:
 
-  python -m diffusion_lm.main --config=configs/text8.py --multihost \
-      --workdir=gs://BUCKET/runs/text8 --config.data.data_dir=$TFDS_DATA_DIR
+  launch/tpu_vm.sh --name=text8 --zone=us-east5-a --accelerator=v5p-32 \
+      --spot --delete_after -- python -m diffusion_lm.main \
+      --config=configs/text8.py --workdir=gs://BUCKET/runs/text8 \
+      --config.data.data_dir=$TFDS_DATA_DIR
 
-or on one GPU node of 8 H100s:
+or on one SLURM node of 8 H100s (one process per GPU):
 
-  python -m diffusion_lm.main --config=configs/text8.py --workdir=runs/text8
+  sbatch --nodes=1 launch/gpu_slurm.sbatch python -m diffusion_lm.main \
+      --config=configs/text8.py --workdir=/shared/runs/text8
 
 Budget (`python -m diffusion_lm.budget --config=configs/text8.py`): 86.2M
 parameters, 5.38e8 training FLOPs per token over 1.31e11 tokens = 7.05e19

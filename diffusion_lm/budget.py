@@ -260,9 +260,8 @@ def main():
   result["memory"] = {"mesh": shape, "bytes_per_device": memory,
                       "gib_per_device": round(memory["total"] / 2**30, 3)}
   if _DEVICE_MEMORY_GB.value:
-    result["memory"]["fits"] = not advice(config, memory,
-                                          _DEVICE_MEMORY_GB.value * 2**30, shape)
     hint = advice(config, memory, _DEVICE_MEMORY_GB.value * 2**30, shape)
+    result["memory"]["fits"] = not hint
     if hint:
       result["memory"]["advice"] = hint
   print(json.dumps(result))

@@ -45,7 +45,7 @@ from diffusion_lm.data import tokenizers
 CHECKSUMS = "checksums"
 UNREADABLE = "unreadable_checkpoints"  # In the workdir: failed checkpoints.
 # Train-state items newer than some checkpoints: restored as zeros from those.
-_ADDED_ITEMS = ("health",)
+_ADDED_ITEMS = ("health", "data_order")  # Restored as zeros when absent.
 _T = TypeVar("_T")
 
 
@@ -167,15 +167,17 @@ def _is_orphaned_read(unraisable) -> bool:
 
 
 def _orphaned_log(record) -> bool:
-  return not str(record.msg).startswith("Future exception was never retrieved")
+  return not str(record.msg).startswith(
+      ("Future exception was never retrieved",
+       "Task exception was never retrieved"))
 
 
 @contextlib.contextmanager
 def _quiet_orphaned_reads():
   """When one read of a damaged checkpoint fails, orbax's other reads still
   in flight fail too, as noise, during the restore and later: 'Event loop is
-  closed' (unraisable exceptions) and asyncio's 'Future exception was never
-  retrieved' (the same error again). Both are dropped during a restore, and
+  closed' (unraisable exceptions) and asyncio's 'Future (or Task) exception
+  was never retrieved' (the same error again). Both are dropped during a restore, and
   from then on once one has failed; anything else is reported as before."""
   previous, asyncio_log = sys.unraisablehook, std_logging.getLogger("asyncio")
   sys.unraisablehook = lambda u: None if _is_orphaned_read(u) else previous(u)
@@ -367,26 +369,56 @@ def saved_data_position(mngr: ocp.CheckpointManager, step: int) -> bool:
   return (mngr.directory / str(step) / "data" / name).exists()
 
 
-def resume(mngr: ocp.CheckpointManager, target: dict, data_iterator,
-           tokenizer) -> tuple[int, dict, bool] | None:
-  """(step, train state, whether the data iterator was moved to its saved
-  position) of the newest intact checkpoint, or None when there is none.
-  The position is restored only when saved_data_position. Newer checkpoints
-  that failed go to <workdir>/unreadable_checkpoints/ (process 0 moves
-  them), so that training can save those steps again."""
+def check_layout(saved_model, model_config, step: int, directory) -> None:
+  """Refuses to resume a checkpoint saved with another model.scan_layers:
+  its parameters are laid out otherwise (per block, or stacked)."""
+  if saved_model.scan_layers != model_config.scan_layers:
+    raise errors.UserError(
+        f"the checkpoint at step {step} in {directory} was saved with "
+        f"model.scan_layers={saved_model.scan_layers} (its blocks' "
+        f"parameters {'stacked' if saved_model.scan_layers else 'per block'})"
+        f" but this run has model.scan_layers={model_config.scan_layers}: "
+        f"resume with --config.model.scan_layers={saved_model.scan_layers}, "
+        "or start a new --workdir")
+
+
+def resume(mngr: ocp.CheckpointManager, target: dict,
+           data_iterator: Callable[[int], object], tokenizer, model_config
+           ) -> tuple[int, dict, object] | None:
+  """(step, train state, data iterator) of the newest intact checkpoint, or
+  None when there is none.
+
+  data_iterator(seed_offset) makes the training data's iterator in the
+  order the state's data_order names; it is moved to its saved position
+  when saved_data_position. Otherwise (the job had another number of
+  processes) the order restarts, seeded by the step, and data_order records
+  that. Newer checkpoints that failed go to <workdir>/unreadable_checkpoints/
+  (process 0 moves them), so that training can save those steps again.
+  """
   if mngr.latest_step() is None:
     return None
-  data_restored = {}
 
   def restore(step):
-    _, saved = restore_metadata(mngr, step)
+    saved_config, saved_tokenizer = restore_metadata(mngr, step)
+    check_layout(saved_config.model, model_config, step, mngr.directory)
     # Before any text is encoded with a tokenizer it may refuse.
-    check_tokenizer(saved, tokenizer, step, mngr.directory)
-    data_restored[step] = saved_data_position(mngr, step)
-    return restore_train_state(
-        mngr, step, target, data_iterator if data_restored[step] else None)
+    check_tokenizer(saved_tokenizer, tokenizer, step, mngr.directory)
+    state = restore_train_state(mngr, step, target, None)
+    if saved_data_position(mngr, step):
+      iterator = data_iterator(int(state["data_order"]["seed_offset"]))
+      _restore(mngr, step,
+               {"data": grain.checkpoint.CheckpointRestore(iterator)})
+      return state, iterator
+    logging.warning(
+        "The checkpoint at step %d was saved by a job with another number of "
+        "processes: its data positions do not apply to this one's. The data "
+        "stream starts afresh in a new order (seeded by the step).", step)
+    sharding = target["data_order"]["seed_offset"].sharding
+    state["data_order"] = {"seed_offset": jax.device_put(np.int32(step),
+                                                         sharding)}
+    return state, data_iterator(step)
 
-  step, state, failed = newest_intact(
+  step, restored, failed = newest_intact(
       mngr, restore, sorted(mngr.all_steps(), reverse=True))
   if failed:
     aside = mngr.directory.parent / UNREADABLE
@@ -401,4 +433,4 @@ def resume(mngr: ocp.CheckpointManager, target: dict, data_iterator,
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("unreadable checkpoints moved")
     mngr.reload()
-  return step, state, data_restored[step]
+  return step, *restored

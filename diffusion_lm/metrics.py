@@ -88,17 +88,20 @@ def strict(record: dict) -> dict:
           "nonfinite": nonfinite}
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file beside it: the file is
-  complete or unchanged, and no temporary file stays behind. A URL (gs://)
-  is written directly: an object store replaces an object whole."""
+def write_atomically(path: str, data: str | bytes) -> None:
+  """Writes `data` (text as UTF-8) to `path` through a temporary file beside
+  it: the file is complete or unchanged, and no temporary file stays behind.
+  A URL (gs://) is written directly: an object store replaces an object
+  whole."""
+  if isinstance(data, str):
+    data = data.encode("utf-8")
   if workdir_lock.is_url(path):
-    epath.Path(path).write_text(text)
+    epath.Path(path).write_bytes(data)
     return
   tmp = f"{path}.{uuid.uuid4().hex}.tmp"
   try:
-    with open(tmp, "x", encoding="utf-8") as f:
-      f.write(text)
+    with open(tmp, "xb") as f:
+      f.write(data)
     os.replace(tmp, path)
   finally:
     with contextlib.suppress(FileNotFoundError):
@@ -155,7 +158,7 @@ class MetricWriter:
     else:
       self._jsonl = open(self.path, "a", encoding="utf-8")
     tensorboard_dir = os.path.join(workdir, "tensorboard")
-    if tensorboard_dir.startswith("gs://"):
+    if workdir_lock.is_url(tensorboard_dir):
       _check_gcs_client(tensorboard_dir)
     self._tb = SummaryWriter(tensorboard_dir)
 

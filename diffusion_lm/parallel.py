@@ -10,7 +10,8 @@ Parameters name their dimensions logically (`embed`, `mlp`, `heads`,
 `vocab`, ...); the rules in `config.mesh.rules` map each logical name to mesh
 axes, so a recipe picks `mesh.data`, `mesh.fsdp` and `mesh.tensor` and nothing
 else changes. A dimension that its mesh axes do not divide evenly stays
-replicated (the embedding table's vocab_size + 1 rows, say).
+replicated (validation requires mesh.tensor to divide the heads and the MLP
+units; an output vocabulary it does not divide stays whole).
 
 `tensor` is the mesh's fastest-varying axis: its groups are neighbouring
 devices of one process (validation requires mesh.tensor to divide each

@@ -264,6 +264,9 @@ def animation(tokenizer, result, row: int = 0, columns: int = 64,
   board = _Board(ax, places, commit_L, columns)
   title = ax.set_title("", fontsize=_FONT_PT - 1, loc="left")
   iterations = np.unique(commit_L[commit_L >= 0])
+  if not len(iterations):
+    raise errors.UserError("the sample has no generated tokens to animate "
+                           "(the prompt fills the row)")
 
   def frame(it):
     title.set_text(_caption(commit_L, it, calls) if it >= 0 else "all [MASK]")
@@ -288,6 +291,9 @@ def storyboard(tokenizer, result, row: int = 0, columns: int = 64,
   1/panels, 2/panels, ... of the generated positions were committed."""
   places, commit_L, calls = _row(tokenizer, result, row, columns)
   generated = np.sort(commit_L[commit_L >= 0])
+  if not len(generated):
+    raise errors.UserError("the sample has no generated tokens to show "
+                           "(the prompt fills the row)")
   picks = sorted({int(generated[max(math.ceil(len(generated) * k / panels), 1)
                                  - 1]) for k in range(1, panels + 1)})
   fig, axes = _frame_figure(places, columns, len(picks))

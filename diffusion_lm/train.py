@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import optax
 from absl import logging
 from flax import nnx
@@ -60,9 +59,11 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
 
 
 def init_state(model_cfg, optimizer, train_config) -> dict:
-  """The train state: params, optimizer state, EMA (optional), step and RNG,
-  and health: the first step with a non-finite loss or gradient (0: none; the
-  steps counted from 1) and the steps skipped for one."""
+  """The train state: params, optimizer state, EMA (optional), step and RNG;
+  health: the first step with a non-finite loss or gradient (0: none; the
+  steps counted from 1) and the steps skipped for one; and data_order: the
+  seed offset of the training data's order (pipeline.train_dataset), which
+  changes when a job resumes with another number of processes."""
   init_key, loop_key = jax.random.split(jax.random.PRNGKey(train_config.seed))
   params = models.init_params(model_cfg, init_key)
   state = {
@@ -71,6 +72,7 @@ def init_state(model_cfg, optimizer, train_config) -> dict:
       "loop": {"step": jnp.int32(0), "rng": loop_key},
       "health": {"first_nonfinite_step": jnp.int32(0),
                  "skipped_steps": jnp.int32(0)},
+      "data_order": {"seed_offset": jnp.int32(0)},
   }
   if train_config.ema_decay > 0:
     state["ema"] = params
@@ -87,6 +89,8 @@ def state_shardings(abstract_state, param_shardings, optimizer, mesh) -> dict:
           transform_non_params=lambda _: replicated),
       "loop": jax.tree.map(lambda _: replicated, abstract_state["loop"]),
       "health": jax.tree.map(lambda _: replicated, abstract_state["health"]),
+      "data_order": jax.tree.map(lambda _: replicated,
+                                 abstract_state["data_order"]),
   }
   if "ema" in abstract_state:
     shardings["ema"] = param_shardings
@@ -164,7 +168,8 @@ def make_train_step(graphdef, optimizer, loss, train_config, shardings, mesh,
                                           state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"params": params, "opt_state": opt_state,
-                 "loop": {"step": step + 1, "rng": rng}}
+                 "loop": {"step": step + 1, "rng": rng},
+                 "data_order": state["data_order"]}
     if "ema" in state:
       new_state["ema"] = optax.incremental_update(params, state["ema"],
                                                   1.0 - ema_decay)
@@ -256,26 +261,6 @@ def compile_step(step_fn, state, batch, writer, step: int):
   return compiled
 
 
-def check_layout(mngr, model_config) -> None:
-  """Refuses to resume a checkpoint saved with another model.scan_layers:
-  its parameters are laid out otherwise (per block, or stacked)."""
-  step = mngr.latest_step()
-  if step is None:
-    return
-  try:
-    saved, _ = checkpoints.restore_metadata(mngr, step)
-  except (ValueError, OSError, KeyError):
-    return  # checkpoints.resume falls back past it.
-  if saved.model.scan_layers != model_config.scan_layers:
-    raise errors.UserError(
-        f"the checkpoint at step {step} in {mngr.directory} was saved with "
-        f"model.scan_layers={saved.model.scan_layers} (its blocks' "
-        f"parameters {'stacked' if saved.model.scan_layers else 'per block'})"
-        f" but this run has model.scan_layers={model_config.scan_layers}: "
-        f"resume with --config.model.scan_layers={saved.model.scan_layers}, "
-        "or start a new --workdir")
-
-
 @dataclasses.dataclass(frozen=True)
 class Training:
   """The compiled pieces of a run, fixed by the config and the mesh."""
@@ -327,10 +312,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str) -> dict:
   # ------------------------------------------------------------------ Setup
-  if jax.process_index() == 0:  # Trained once; the other processes wait.
-    tokenizer_training.ensure_model(config.data)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("tokenizer ready")
+  tokenizer_training.ensure_model(config.data)
   tokenizer = tokenizers.from_config(config.data,
                                      corpora.prepared_dir(config.data))
   mesh = parallel.make_mesh(config.mesh)
@@ -341,30 +323,20 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                                         tokenizer.mask_id,
                                         config.eval.num_t_samples)
 
-  # ------------------------------------------------------------------- Data
-  train_iter = iter(pipeline.train_dataset(
-      config, tokenizer, process_index=jax.process_index(),
-      process_count=jax.process_count()))
-  mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
+  # ------------------------------------------- Restore or initialise, data
+  def train_data(seed_offset: int):
+    return iter(pipeline.train_dataset(
+        config, tokenizer, process_index=jax.process_index(),
+        process_count=jax.process_count(), seed_offset=seed_offset))
 
-  # ---------------------------------------------------- Restore or initialise
-  check_layout(mngr, config.model)
-  resumed = checkpoints.resume(mngr, training.state_target, train_iter,
-                               tokenizer)
+  mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
+  resumed = checkpoints.resume(mngr, training.state_target, train_data,
+                               tokenizer, config.model)
   if resumed:
-    start_step, state, data_restored = resumed
+    start_step, state, train_iter = resumed
     logging.info("Resuming from the checkpoint at step %d.", start_step)
-    if not data_restored:
-      logging.warning(
-          "The checkpoint at step %d was saved by a job with another number "
-          "of processes: its data positions do not apply to this one's. The "
-          "data stream starts afresh in a new order (seeded by the step).",
-          start_step)
-      train_iter = iter(pipeline.train_dataset(
-          config, tokenizer, process_index=jax.process_index(),
-          process_count=jax.process_count(), seed_offset=start_step))
   else:
-    start_step, state = 0, training.init()
+    start_step, state, train_iter = 0, training.init(), train_data(0)
   validation_split = evaluation.EvalSplit(config, tokenizer, "validation")
   samples = (previews.Previews(config, tokenizer, training.graphdef)
              if config.sample.num_samples else None)

@@ -243,6 +243,13 @@ def _across(config, bad: set[str], devices, process_count: int,
         f"mesh.tensor={shape['tensor']} must divide the {local_devices} "
         "devices of each process (a tensor-parallel group stays within a "
         "process, on its fast interconnect)")
+  if shape and shape["tensor"] > 1 and valid("model.num_heads", "model.mlp_dim"):
+    for field in ("num_heads", "mlp_dim"):
+      if config.model[field] % shape["tensor"]:
+        problems.append(
+            f"mesh.tensor={shape['tensor']} must divide model.{field}="
+            f"{config.model[field]} (else they are not split: every tensor "
+            "device repeats the whole work)")
   # Rows are split over mesh.data x mesh.fsdp (replicated over tensor).
   if shape is None or shape["tensor"] == 1:
     shards, what = len(devices), "devices"
@@ -254,11 +261,11 @@ def _across(config, bad: set[str], devices, process_count: int,
     if not valid(name):
       continue
     size = config[name.split(".")[0]].batch_size
-    whose = [f"the {shards} {what}", f"the {process_count} processes"]
+    sharers = [f"the {shards} {what}", f"the {process_count} processes"]
     if parts > 1:
-      whose[0] = (f"{shards * parts} (the {shards} {what} times "
-                  f"train.microbatches={parts})")
-    for count, whose in zip((shards * parts, process_count), whose):
+      sharers[0] = (f"{shards * parts} (the {shards} {what} times "
+                    f"train.microbatches={parts})")
+    for count, whose in zip((shards * parts, process_count), sharers):
       if size % count:
         problems.append(f"{name}={size} must be divisible by {whose}: each "
                         "takes an equal share of the rows")

@@ -18,7 +18,8 @@ CFG = models.TransformerConfig(
     vocab_size=11, objective="autoregressive", num_layers=2, num_heads=2,
     head_dim=8, embed_dim=16, mlp_dim=32, time_conditioning=False,
     dtype="float32", rope_base=10_000.0, attention_impl="", local_width=2,
-    batch_slices=1)
+    batch_slices=1, remat="none",
+    scan_layers=False)
 BOS = 11
 
 

@@ -6,6 +6,7 @@ executables that run the remote half on this machine; local.sh really starts
 processes, one test a 2-process jax.distributed reduction.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -482,3 +483,42 @@ def test_local_jax_distributed_psum():
                  if "RESULT" in line)
   # 2 devices of process 0 hold 1, 2 of process 1 hold 2: 1+1+2+2 = 6.
   assert lines == ["0 2 2 4 6.0", "1 2 2 4 6.0"]
+
+
+# ------------------------------------------------- the recipes' own commands
+
+
+def documented_commands(recipe: str) -> list[list[str]]:
+  """The launch/ commands in a recipe's docstring, each as words."""
+  spec = importlib.util.spec_from_file_location("recipe", REPO / recipe)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  text = module.__doc__.replace("\\\n", " ")
+  return [shlex.split(line) for line in text.splitlines()
+          if "launch/" in line and line.lstrip().startswith(("launch/", "sbatch"))]
+
+
+@pytest.mark.parametrize("recipe", ["configs/text8.py", "configs/lm1b.py",
+                                    "configs/owt.py"])
+def test_recipe_docstring_commands_dry_run_as_documented(recipe):
+  # Catches: a recipe's launch command that the scripts reject (a renamed
+  # flag), or that would train another config or without --multihost.
+  tpu, slurm = documented_commands(recipe)
+  assert tpu[0] == "launch/tpu_vm.sh" and slurm[0] == "sbatch"
+  split = tpu.index("--")
+  command = tpu[split + 1:]
+  result = bash(TPU, *tpu[1:split], "--dry_run", *tpu[split:])
+  assert result.returncode == 0, result.stderr
+  runs = [c for c in gcloud(commands(result.stdout), "compute", "tpus",
+                            "tpu-vm", "ssh")
+          if "diffusion_lm.main" in flag(c, "--command")]
+  assert len(runs) == 1 and flag(runs[0], "--worker") == "all"
+  remote = remote_words(runs[0])
+  assert remote[remote.index("--") + 1:] == command + ["--multihost"]
+  script = slurm.index("launch/gpu_slurm.sbatch")
+  result = bash(SLURM, *slurm[script + 1:],
+                env=clean_env(DRY_RUN="1", **SLURM_ENV))
+  assert result.returncode == 0, result.stderr
+  srun = commands(result.stdout)[-1]
+  assert srun[srun.index("diffusion_lm_task") + 1:] == (
+      slurm[script + 1:] + ["--multihost"])

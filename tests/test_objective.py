@@ -35,7 +35,8 @@ def random_model(time_conditioning: bool):
                           num_heads=2, head_dim=4, embed_dim=8, mlp_dim=16,
                           time_conditioning=time_conditioning, dtype="float32",
                           rope_base=10_000.0, attention_impl="", local_width=0,
-                          batch_slices=1)
+                          batch_slices=1, remat="none",
+                          scan_layers=False)
   graphdef, _ = models.abstract_model(cfg)
   params = models.init_params(cfg, jax.random.PRNGKey(1))
   # Large random weights (the head starts at zero) so predictions vary a lot.

@@ -49,11 +49,14 @@ def test_params_are_sharded_by_the_rules(tiny_config):
 
 def test_tensor_groups_stay_within_a_process(tiny_config):
   # Catches: a tensor-parallel group spread over processes (each process's
-  # rows would then be needed on another), or a batch that the
-  # data-parallel shards do not divide accepted.
+  # rows would then be needed on another), heads that mesh.tensor does not
+  # split (silently replicated), or a batch that the data-parallel shards
+  # do not divide accepted.
   tiny_config.mesh.update(data=-1, tensor=4)
-  with pytest.raises(errors.UserError, match="mesh.tensor=4 must divide the 2 devices"):
+  with pytest.raises(errors.UserError) as e:
     validation.check(tiny_config, devices=jax.devices(), process_count=4)
+  assert "mesh.tensor=4 must divide the 2 devices" in str(e.value)
+  assert "mesh.tensor=4 must divide model.num_heads=2" in str(e.value)
   tiny_config.mesh.tensor = 2  # data = 4: 4 shards of the rows.
   tiny_config.train.batch_size = tiny_config.eval.batch_size = 6
   with pytest.raises(errors.UserError, match=r"train.batch_size=6 must be divisible "

@@ -14,7 +14,7 @@ from conftest import REPO
 from fixtures import (LM1B_HELDOUT, LM1B_TRAIN, sentences, write_lm1b_archive,
                       write_owt_texts, write_text8_zip)
 
-from diffusion_lm import api, train
+from diffusion_lm import api, metrics, train
 from diffusion_lm.data import corpora, pipeline, tokenizer_training, tokenizers
 
 
@@ -31,7 +31,7 @@ def with_sentencepiece(config, vocab_size: int):
   """Trains the recipe's sentencepiece model (small) and points the config at it."""
   model = tokenizer_training.train_model(config.data, vocab_size, "bpe")
   path = f"{corpora.builder(config.data).data_dir}/spm_tiny.model"
-  tokenizer_training.write_atomically(path, model)
+  metrics.write_atomically(path, model)
   config.data.tokenizer_model = "spm_tiny.model"
 
 

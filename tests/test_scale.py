@@ -34,9 +34,12 @@ def tiny(**model_fields):
   return config
 
 
+# Microbatches take strided rows (even, odd): the odd rows score fewer
+# positions, so parts averaged without their weights give another loss.
+_WEIGHTS = np.ones((8, 32), np.float32)
+_WEIGHTS[1::2, 20:] = 0.0
 BATCH = {"tokens": np.random.default_rng(0).integers(
-    0, TOKENIZER_SIZE, (8, 32), np.int32),
-         "weights": np.ones((8, 32), np.float32)}
+    0, TOKENIZER_SIZE, (8, 32), np.int32), "weights": _WEIGHTS}
 
 
 def steps(config, n=2, program=None):
@@ -64,8 +67,9 @@ def stacked(params):
 
 def test_scan_remat_and_microbatches_train_as_the_plain_step():
   # Catches: scanned blocks in the wrong order or with another block's
-  # weights, remat changing the numbers, microbatch gradients summed
-  # without their weights or not divided back (x2 off), a microbatch left out.
+  # weights, remat changing the numbers, microbatch losses and gradients
+  # averaged without their scored positions as weights or not divided back
+  # (x2 off), a microbatch left out.
   # The autoregressive loss draws no random numbers: accumulated over
   # microbatches it is the whole batch's.
   plain, plain_state = steps(tiny(objective="autoregressive"))
@@ -113,7 +117,7 @@ def test_cached_decoding_works_with_scanned_blocks():
       vocab_size=11, objective="autoregressive", num_layers=2, num_heads=2,
       head_dim=8, embed_dim=16, mlp_dim=32, time_conditioning=False,
       dtype="float32", rope_base=10_000.0, attention_impl="", local_width=1,
-      batch_slices=1, scan_layers=True)
+      batch_slices=1, remat="none", scan_layers=True)
   graphdef, _ = models.abstract_model(cfg)
   inputs = autoregressive.shifted_inputs(
       jnp.array([[3, 1, 4, 1, 5, 9], [2, 7, 1, 8, 2, 8]]), 11)

@@ -1,5 +1,7 @@
 """The pieces of the training loop: optimizer, schedule, EMA, logging."""
 
+import shutil
+
 import jax
 import ml_collections
 import numpy as np
@@ -117,3 +119,35 @@ def test_old_checkpoint_configs_take_todays_defaults(tiny_config, tmp_path):
   config, _ = checkpoints.restore_metadata(mngr, 0)
   assert config.model.batch_slices == 1 and "retired_field" not in config.train
   assert config.model.embed_dim == tiny_config.model.embed_dim
+
+
+def test_a_restarted_data_order_survives_the_next_resume(tiny_config, tmp_path):
+  # Bug caught: after a resume with another number of processes the data
+  # stream restarts in a new order, but a later resume rebuilt the original
+  # order and moved it to the new order's position (other batches, so other
+  # losses than the run that was not stopped).
+  tiny_config.train.update(steps=12, checkpoint_every=4, max_checkpoints=5,
+                           log_every=1, eval_every=100)
+  tiny_config.sample.num_samples = 0
+
+  def losses(workdir):
+    records = metrics.read_jsonl(str(workdir))
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+  def keep_only(workdir, step):
+    for saved in (workdir / "checkpoints").iterdir():
+      if saved.name.isdigit() and int(saved.name) > step:
+        shutil.rmtree(saved)
+
+  first = tmp_path / "first"
+  train.train_and_evaluate(tiny_config, str(first))
+  # As if a job of 2 processes had saved step 4: its positions do not apply.
+  data = first / "checkpoints" / "4" / "data"
+  (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+  keep_only(first, 4)
+  train.train_and_evaluate(tiny_config, str(first))  # New order from step 4.
+  again = tmp_path / "again"
+  shutil.copytree(first, again)
+  keep_only(again, 8)  # Saved in the new order.
+  train.train_and_evaluate(tiny_config, str(again))
+  assert losses(again) == losses(first)

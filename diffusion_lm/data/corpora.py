@@ -11,6 +11,8 @@ are prepared once with `python -m diffusion_lm.data.prepare` (`prepare`), and
 `builder` refuses them unprepared (errors.NotPrepared).
 """
 
+import sys
+
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
@@ -56,6 +58,14 @@ def prepared_dir(data_config) -> str:
   return str(make_builder(data_config).data_dir)
 
 
+def _download_and_prepare(b: DocumentBuilder, **kwargs) -> None:
+  """b.download_and_prepare; TFDS's progress bars only on a terminal (not in
+  a log file or a test's output)."""
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+  b.download_and_prepare(**kwargs)
+
+
 def builder(data_config) -> DocumentBuilder:
   """The prepared builder for `data.corpus`.
 
@@ -72,11 +82,11 @@ def builder(data_config) -> DocumentBuilder:
     return b
   if jax.process_count() > 1:
     if jax.process_index() == 0 and not b.is_prepared():
-      b.download_and_prepare()
+      _download_and_prepare(b)
     multihost_utils.sync_global_devices("diffusion_lm: corpus prepared")
     b = make_builder(data_config)  # Sees what process 0 wrote.
   if not b.is_prepared():
-    b.download_and_prepare()
+    _download_and_prepare(b)
   return b
 
 
@@ -86,6 +96,6 @@ def prepare(data_config, manual_dir: str | None = None) -> DocumentBuilder:
   if manual_path and not manual_path.is_dir():
     raise errors.UserError(f"--manual_dir={manual_dir!r} is not a directory")
   b = make_builder(data_config)
-  b.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_path))
+  _download_and_prepare(
+      b, download_config=tfds.download.DownloadConfig(manual_dir=manual_path))
   return b

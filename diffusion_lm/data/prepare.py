@@ -10,13 +10,9 @@ copy to a bucket if needed), the download to its downloads/ folder. With
 --manual_dir, files already there are used instead of downloading them (text8.zip, the LM1B .tar.gz, openwebtext.tar.xz:
 see each corpus's module docstring).
 
-TFDS shows its progress bars on a terminal; they are off when stderr is not
-one (a log file, a test).
+TFDS shows its progress bars on a terminal only (corpora).
 """
 
-import sys
-
-import tensorflow_datasets as tfds
 from absl import flags
 
 from diffusion_lm import cli
@@ -46,8 +42,6 @@ def split_sizes(builder) -> dict[str, tuple[int, int]]:
 
 def main():
   data_config = _CONFIG.value.data
-  if not sys.stderr.isatty():
-    tfds.disable_progress_bar()
   builder = corpora.prepare(data_config, manual_dir=_MANUAL_DIR.value)
   print(f"data.corpus={data_config.corpus!r} is prepared in {builder.data_dir}")
   print(f"{'split':<12}{'documents':>14}{'bytes':>18}")

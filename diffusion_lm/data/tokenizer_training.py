@@ -12,15 +12,16 @@ the first run trains it there (`ensure_model`), as corpora are prepared on
 first use.
 """
 
-import contextlib
 import io
 import os
-import uuid
 
+import jax
 import sentencepiece as spm
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
-from diffusion_lm import errors
+from diffusion_lm import errors, metrics
 from diffusion_lm.data import corpora, pipeline, tokenizers
 
 MODEL_TYPES = ("unigram", "bpe", "char")
@@ -64,21 +65,6 @@ def train_model(data_config, vocab_size: int, model_type: str, *,
   return model.getvalue()
 
 
-def write_atomically(path: str, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same directory:
-  the file appears complete or not at all."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-  try:
-    with open(tmp, "xb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-
-
 def check_settings(settings) -> None:
   """Refuses bad `data.tokenizer_train` values, naming the field."""
   problems = []
@@ -97,16 +83,33 @@ def check_settings(settings) -> None:
 
 def ensure_model(data_config) -> None:
   """Trains data.tokenizer_model on the corpus's train split when it is
-  missing and data.tokenizer_train.vocab_size asks for one (module doc)."""
+  missing and data.tokenizer_train.vocab_size asks for one (module doc).
+
+  In a multi-process job every process calls it: process 0 trains first
+  while the others wait; a process whose data dir is on a disk of its own
+  then trains its own copy (as corpora.builder prepares one).
+  """
   settings = data_config.tokenizer_train
   if data_config.tokenizer != "sentencepiece" or not settings.vocab_size:
     return
-  path = os.path.join(corpora.builder(data_config).data_dir,
-                      os.path.expanduser(data_config.tokenizer_model))
-  if os.path.exists(path):
+  builder = corpora.builder(data_config)  # Every process: it syncs them.
+  path = epath.Path(builder.data_dir) / os.path.expanduser(
+      data_config.tokenizer_model)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      _train_missing(data_config, path)
+    multihost_utils.sync_global_devices("diffusion_lm: tokenizer trained")
+  _train_missing(data_config, path)
+
+
+def _train_missing(data_config, path: epath.Path) -> None:
+  if path.exists():
     return
+  settings = data_config.tokenizer_train
   model = train_model(data_config, settings.vocab_size, settings.model_type,
                       max_documents=settings.max_documents)
-  tokenizers.SentencePieceTokenizer(model, name=path)  # Loads as training will.
-  write_atomically(path, model)
+  # Loads as training will.
+  tokenizers.SentencePieceTokenizer(model, name=str(path))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  metrics.write_atomically(str(path), model)
   logging.info("Wrote %s.", path)

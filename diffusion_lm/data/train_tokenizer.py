@@ -20,7 +20,7 @@ import os
 
 from absl import flags
 
-from diffusion_lm import cli, errors
+from diffusion_lm import cli, errors, metrics
 from diffusion_lm.data import corpora, tokenizer_training, tokenizers
 
 _CONFIG = cli.define_config_flag()
@@ -54,7 +54,7 @@ def main():
                       character_coverage=_CHARACTER_COVERAGE.value)
   tokenizers.SentencePieceTokenizer(model, name=path)  # Loads as training will.
   try:
-    tokenizer_training.write_atomically(path, model)
+    metrics.write_atomically(path, model)
   except OSError as e:
     raise errors.UserError(f"cannot write {path}: {e.strerror}") from None
   inside = os.path.commonpath([path, data_dir]) == data_dir

@@ -48,10 +48,8 @@ class TransformerConfig:
   attention_impl: str  # '' lets JAX choose; or 'xla', 'cudnn'
   local_width: int  # The input layer mixes each token with k neighbours.
   batch_slices: int  # Callers run rows in this many slices (objective.in_slices).
-  # Defaults only for building a config by hand (tests); config_base.py holds
-  # the config's defaults, and from_config takes every field from it.
-  remat: str = "none"  # A name in REMAT_POLICIES.
-  scan_layers: bool = False  # Stacked blocks run by one lax.scan.
+  remat: str  # A name in REMAT_POLICIES.
+  scan_layers: bool  # Stacked blocks run by one lax.scan.
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int) -> "TransformerConfig":
