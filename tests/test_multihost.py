@@ -113,3 +113,26 @@ def test_two_processes_train_stop_and_resume_as_one_job(flags, tmp_path):
   assert sorted(resumed) == sorted(one)
   for step, loss in resumed.items():
     assert loss == pytest.approx(one[step], rel=1e-5), step
+
+
+def test_two_processes_prepare_the_corpus_and_train_the_tokenizer_once(
+    corpus_glob, tmp_path):
+  # Bug caught: only process 0 prepared the corpus and trained the
+  # first-use tokenizer, so the processes met at different barriers and the
+  # job hung; or every process wrote the same files at once.
+  data_dir = tmp_path / "tfds"
+  model = "spm_unigram_300.model"
+  result = subprocess.run(
+      ["launch/local.sh", "--num_processes=2", "--devices_per_process=1",
+       "--", sys.executable, "-m", "diffusion_lm.main",
+       f"--config={TINY_CONFIG}", f"--config.data.files={corpus_glob}",
+       f"--config.data.data_dir={data_dir}",
+       "--config.data.tokenizer=sentencepiece",
+       f"--config.data.tokenizer_model={model}",
+       "--config.data.tokenizer_train.vocab_size=300",
+       "--config.train.steps=2", "--config.sample.num_samples=0",
+       f"--workdir={tmp_path / 'run'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=240)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert len(list(data_dir.rglob(model))) == 1
+  assert result.stdout.count("Training a unigram sentencepiece model") == 1

@@ -29,8 +29,9 @@ def tiny_recipe(name: str, data_dir):
 
 def with_sentencepiece(config, vocab_size: int):
   """Trains the recipe's sentencepiece model (small) and points the config at it."""
-  model = tokenizer_training.train_model(config.data, vocab_size, "bpe")
-  path = f"{corpora.builder(config.data).data_dir}/spm_tiny.model"
+  builder = corpora.builder(config.data)
+  model = tokenizer_training.train_model(builder, vocab_size, "bpe")
+  path = f"{builder.data_dir}/spm_tiny.model"
   metrics.write_atomically(path, model)
   config.data.tokenizer_model = "spm_tiny.model"
 

@@ -22,27 +22,27 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from diffusion_lm import errors, metrics
-from diffusion_lm.data import corpora, pipeline, tokenizers
+from diffusion_lm.data import corpora, tokenizers
 
 MODEL_TYPES = ("unigram", "bpe", "char")
 
 
-def train_model(data_config, vocab_size: int, model_type: str, *,
+def train_model(builder, vocab_size: int, model_type: str, *,
                 max_documents: int = 0,
                 character_coverage: float = 0.9995) -> bytes:
-  """A serialized SentencePiece model trained on the corpus's train split.
+  """A serialized SentencePiece model trained on the train split of a
+  prepared corpus (its builder: corpora.builder).
 
   Trains on the first `max_documents` training documents (0: all of them);
   text that is not valid UTF-8 is read with U+FFFD in its place.
   """
-  source = pipeline.source(data_config, "train")
+  source = builder.as_data_source("train")
   num_docs = min(max_documents or len(source), len(source))
   if not num_docs:
-    raise errors.UserError(
-        f"data.corpus={data_config.corpus!r} has no training documents")
+    raise errors.UserError(f"corpus {builder.name!r} has no training documents")
   logging.info("Training a %s sentencepiece model of %d pieces on %d "
-               "documents of data.corpus=%r.", model_type, vocab_size, num_docs,
-               data_config.corpus)
+               "documents of corpus %r.", model_type, vocab_size, num_docs,
+               builder.name)
   documents = (source[i]["text"].decode("utf-8", errors="replace")
                for i in range(num_docs))
   model = io.BytesIO()
@@ -97,16 +97,15 @@ def ensure_model(data_config) -> None:
       data_config.tokenizer_model)
   if jax.process_count() > 1:
     if jax.process_index() == 0:
-      _train_missing(data_config, path)
+      _train_missing(builder, settings, path)
     multihost_utils.sync_global_devices("diffusion_lm: tokenizer trained")
-  _train_missing(data_config, path)
+  _train_missing(builder, settings, path)
 
 
-def _train_missing(data_config, path: epath.Path) -> None:
+def _train_missing(builder, settings, path: epath.Path) -> None:
   if path.exists():
     return
-  settings = data_config.tokenizer_train
-  model = train_model(data_config, settings.vocab_size, settings.model_type,
+  model = train_model(builder, settings.vocab_size, settings.model_type,
                       max_documents=settings.max_documents)
   # Loads as training will.
   tokenizers.SentencePieceTokenizer(model, name=str(path))

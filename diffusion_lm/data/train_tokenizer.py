@@ -46,12 +46,14 @@ flags.mark_flag_as_required("config")
 
 def main():
   data_config = _CONFIG.value.data
-  data_dir = os.path.abspath(corpora.builder(data_config).data_dir)
+  builder = corpora.builder(data_config)
+  data_dir = os.path.abspath(builder.data_dir)
   name = f"spm_{_MODEL_TYPE.value}_{_VOCAB_SIZE.value}.model"
   path = os.path.abspath(_OUTPUT.value or os.path.join(data_dir, name))
-  model = tokenizer_training.train_model(data_config, _VOCAB_SIZE.value, _MODEL_TYPE.value,
-                      max_documents=_MAX_DOCUMENTS.value,
-                      character_coverage=_CHARACTER_COVERAGE.value)
+  model = tokenizer_training.train_model(
+      builder, _VOCAB_SIZE.value, _MODEL_TYPE.value,
+      max_documents=_MAX_DOCUMENTS.value,
+      character_coverage=_CHARACTER_COVERAGE.value)
   tokenizers.SentencePieceTokenizer(model, name=path)  # Loads as training will.
   try:
     metrics.write_atomically(path, model)
