@@ -186,15 +186,18 @@ def main():
     for kind in ("body", "line"):
       chosen = [i for i, t in enumerate(all_tasks) if t["kind"] == kind]
       batch = [all_tasks[i] for i in chosen]
+      if not batch:  # E.g. no function body fits in half a row.
+        print(json.dumps({"model": name, "task": kind, "tasks": 0}), flush=True)
+        continue
       per_seed = []
       for seed in range(args.seeds):
         filled = []
         for lo in range(0, len(batch), 32):
           filled += fills(lm, batch[lo:lo + 32], causal, seed, options)
         per_seed.append((
-            np.mean([parses(t, f) for t, f in zip(batch, filled)]),
-            np.mean([f.encode() == t["file"][t["start"]:t["end"]]
-                     for t, f in zip(batch, filled)])))
+            float(np.mean([parses(t, f) for t, f in zip(batch, filled)])),
+            float(np.mean([f.encode() == t["file"][t["start"]:t["end"]]
+                           for t, f in zip(batch, filled)]))))
       parse, exact = zip(*per_seed)
       span_bytes = sum(t["end"] - t["start"] for t in batch)
       results.append({
