@@ -413,9 +413,9 @@ def resume(mngr: ocp.CheckpointManager, target: dict,
         "The checkpoint at step %d was saved by a job with another number of "
         "processes: its data positions do not apply to this one's. The data "
         "stream starts afresh in a new order (seeded by the step).", step)
-    sharding = target["data_order"]["seed_offset"].sharding
-    state["data_order"] = {"seed_offset": jax.device_put(np.int32(step),
-                                                         sharding)}
+    state["data_order"] = {"seed_offset": jax.make_array_from_callback(
+        (), target["data_order"]["seed_offset"].sharding,
+        lambda _: np.int32(step))}  # Each process places its own shards.
     return state, data_iterator(step)
 
   step, restored, failed = newest_intact(
