@@ -135,7 +135,7 @@ def md4_side_by_side(md4_path: str, fewest_calls_per_token: float,
   options = samplers.make_options(config.sample, {"steps": 32})
 
   def ours():  # A time-reading model: a network call at every step.
-    return samplers.sample(api.Denoiser(graphdef), params, jax.random.PRNGKey(1),
+    return samplers.sample(models.Denoiser(graphdef), params, jax.random.PRNGKey(1),
                            init, mask_id=256, eos_id=None, reads_mask_rate=True,
                            options=options)
 

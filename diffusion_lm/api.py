@@ -10,7 +10,6 @@ same `sample` and `score` (exact); its `infill` is an error. Defaults for
 every sampling option come from the config's `sample` group.
 """
 
-import dataclasses
 import math
 import numbers
 
@@ -23,21 +22,7 @@ from flax import nnx
 from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
                           models, parallel, validation)
 from diffusion_lm.data import pipeline
-from diffusion_lm.diffusion import objective, samplers, schedules
-
-
-@dataclasses.dataclass(frozen=True)
-class Denoiser:
-  """(params, z, mask_rate) -> logits; hashable, as samplers require. Rows
-  run in model.batch_slices slices (objective.in_slices)."""
-
-  graphdef: nnx.GraphDef
-
-  def __call__(self, params, z_BxL, mask_rate_B):
-    model = nnx.merge(self.graphdef, params)
-    return objective.in_slices(lambda r: model(r["z"], r["rate"]),
-                               {"z": z_BxL, "rate": mask_rate_B},
-                               model.cfg.batch_slices)
+from diffusion_lm.diffusion import samplers, schedules
 
 
 class LanguageModel:
@@ -157,7 +142,7 @@ class DiffusionLM(LanguageModel):
   def generate(self, init_BxL, *, seed: int | None = None,
                **options) -> samplers.SampleResult:
     return samplers.sample(
-        Denoiser(self.graphdef), self.params, self._key(seed), init_BxL,
+        models.Denoiser(self.graphdef), self.params, self._key(seed), init_BxL,
         mask_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
         reads_mask_rate=self.config.model.time_conditioning,
         options=samplers.make_options(self.config.sample, options),

@@ -263,25 +263,29 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int):
           tokenizers.from_json(restored["tokenizer"]))
 
 
-def restore_train_state(mngr: ocp.CheckpointManager, step: int, target: dict,
-                        data_iterator) -> dict:
+def restore_train_state(mngr: ocp.CheckpointManager, step: int,
+                        target: dict) -> dict:
   """The train state at `step`, placed as `target` (ShapeDtypeStructs with
-  shardings) says and verified; moves the data iterator (if not None) to
-  where it was."""
+  shardings) says and verified."""
   saved = _saved_items(mngr, step)
   missing = [n for n in target if n not in saved and n not in _ADDED_ITEMS]
   if missing:
     raise CorruptCheckpoint(f"no item {_listed(missing)}")
   names = [n for n in target if n in saved]
-  items = {n: ocp.args.StandardRestore(target[n]) for n in names}
-  if data_iterator is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = _restore(mngr, step, items)
+  restored = _restore(mngr, step, {n: ocp.args.StandardRestore(target[n])
+                                   for n in names})
   arrays = {n: restored[n] for n in names}
   _verify(mngr, step, restored, arrays)
   return {n: arrays[n] if n in arrays else jax.tree.map(
       lambda t: jnp.zeros(t.shape, t.dtype, device=t.sharding), target[n])
           for n in target}
+
+
+def restore_data_position(mngr: ocp.CheckpointManager, step: int,
+                          data_iterator) -> None:
+  """Moves the data iterator to where it was at `step` (this process's
+  position: saved_data_position)."""
+  _restore(mngr, step, {"data": grain.checkpoint.CheckpointRestore(data_iterator)})
 
 
 def check_tokenizer(saved, tokenizer, step: int, directory) -> None:
@@ -403,11 +407,10 @@ def resume(mngr: ocp.CheckpointManager, target: dict,
     check_layout(saved_config.model, model_config, step, mngr.directory)
     # Before any text is encoded with a tokenizer it may refuse.
     check_tokenizer(saved_tokenizer, tokenizer, step, mngr.directory)
-    state = restore_train_state(mngr, step, target, None)
+    state = restore_train_state(mngr, step, target)
     if saved_data_position(mngr, step):
       iterator = data_iterator(int(state["data_order"]["seed_offset"]))
-      _restore(mngr, step,
-               {"data": grain.checkpoint.CheckpointRestore(iterator)})
+      restore_data_position(mngr, step, iterator)
       return state, iterator
     logging.warning(
         "The checkpoint at step %d was saved by a job with another number of "

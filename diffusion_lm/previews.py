@@ -14,20 +14,12 @@ import functools
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from diffusion_lm import autoregressive
-from diffusion_lm.diffusion import objective, samplers, schedules
+from diffusion_lm import autoregressive, models
+from diffusion_lm.diffusion import samplers, schedules
 
 PREVIEWS = 4  # Rows sampled at each evaluation, at most.
-
-
-def _denoise(graphdef, params, z_BxL, mask_rate_B):
-  model = nnx.merge(graphdef, params)
-  return objective.in_slices(lambda r: model(r["z"], r["rate"]),
-                             {"z": z_BxL, "rate": mask_rate_B},
-                             model.cfg.batch_slices)
 
 
 class Previews:
@@ -47,7 +39,7 @@ class Previews:
           eos_id=tokenizer.eos_id, options=options)
     else:  # One denoiser for the whole run: the sampler compiles once.
       self._generate = functools.partial(
-          samplers.sample, functools.partial(_denoise, graphdef),
+          samplers.sample, models.Denoiser(graphdef),
           mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
           reads_mask_rate=config.model.time_conditioning, options=options,
           schedule=schedules.from_config(config.diffusion))
