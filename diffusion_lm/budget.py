@@ -51,7 +51,6 @@ from flax import nnx
 
 from diffusion_lm import cli, errors, metrics, models, parallel, train
 from diffusion_lm.data import corpora, tokenizers
-from diffusion_lm.diffusion import schedules
 
 _CONFIG = cli.define_config_flag()
 _MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation.")
@@ -121,8 +120,7 @@ def _residual_bytes(config, model_cfg, rows: int, flash: bool,
   graphdef, _ = models.abstract_model(model_cfg)
   params = jax.eval_shape(functools.partial(models.init_params, model_cfg),
                           jax.random.PRNGKey(0))
-  loss = train.make_loss(model_cfg, schedules.from_config(config.diffusion),
-                         model_cfg.vocab_size)
+  loss = train.make_loss(model_cfg, config.diffusion, model_cfg.vocab_size)
   length = config.data.seq_len
   batch = {"tokens": jax.ShapeDtypeStruct((rows, length), jnp.int32),
            "weights": jax.ShapeDtypeStruct((rows, length), jnp.float32)}

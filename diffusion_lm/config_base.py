@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
       schedule="linear",  # 'linear' | 'cosine' | 'polynomial' | 'loglinear'
       power=2.0,  # polynomial: alpha(t) = 1 - t^power
       eps=1e-3,  # loglinear: alpha(1) = eps
+      times="stratified",  # Training's t: 'stratified' | 'uniform' (iid).
+      # True: each step scores half the batch's rows twice, with
+      # complementary masks (objective.train_loss).
+      complementary_masks=False,
   )
 
   c.train = dict(

@@ -97,15 +97,18 @@ def state_shardings(abstract_state, param_shardings, optimizer, mesh) -> dict:
   return shardings
 
 
-def make_loss(model_cfg, schedule, mask_id: int):
+def make_loss(model_cfg, diffusion_config, mask_id: int):
   """loss(model, batch, key) of the run's objective, in nats per scored
-  position: the NELBO, or for the autoregressive twin the next-token loss."""
+  position: the NELBO (with the `diffusion` group's schedule, times and
+  masks), or for the autoregressive twin the next-token loss."""
   slices = model_cfg.batch_slices
   if model_cfg.causal:
     return lambda model, batch, key: autoregressive.train_loss(
         model, batch, mask_id, slices)
+  schedule = schedules.from_config(diffusion_config)
   return lambda model, batch, key: objective.train_loss(
-      model, batch, key, schedule, mask_id, slices)
+      model, batch, key, schedule, mask_id, slices, diffusion_config.times,
+      diffusion_config.complementary_masks)
 
 
 def value_and_grad_in_parts(loss_fn, params, batch, key, parts: int):
@@ -292,8 +295,7 @@ def build(config, tokenizer, mesh) -> Training:
       init=jax.jit(init_fn, out_shardings=shardings),
       step=make_train_step(
           graphdef, optimizer,
-          make_loss(model_cfg, schedules.from_config(config.diffusion),
-                    tokenizer.mask_id),
+          make_loss(model_cfg, config.diffusion, tokenizer.mask_id),
           config.train, shardings, mesh, config.mesh.rules))
 
 

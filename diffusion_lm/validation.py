@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from diffusion_lm import config_base, errors, models, parallel
 from diffusion_lm.data import (corpora, markov, pipeline, tokenizer_training,
                                tokenizers)
-from diffusion_lm.diffusion import samplers, schedules
+from diffusion_lm.diffusion import objective, samplers, schedules
 
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: compute dtypes.
 ATTENTION_IMPLS = ("", "xla", "cudnn")
@@ -101,6 +101,8 @@ FIELDS: dict[str, Rule] = {
     "data.max_file_bytes": _int(1),
     "diffusion.power": _REAL,
     "diffusion.eps": _REAL,
+    "diffusion.times": _one_of(objective.TIMES),
+    "diffusion.complementary_masks": _BOOL,
     "train.steps": _int(0),
     "train.batch_size": _int(1),
     "train.learning_rate": _real(0),
@@ -216,6 +218,13 @@ def _across(config, bad: set[str], devices, process_count: int,
         config.sample.length, config.data.seq_len,
         f"sample.length={config.sample.length}"))
   micro = config.train.microbatches if valid("train.microbatches") else 1
+  if (training and valid("train.batch_size", "diffusion.complementary_masks")
+      and config.diffusion.complementary_masks
+      and config.train.batch_size // micro % 2):
+    problems.append(
+        "diffusion.complementary_masks=True pairs the rows of each step's "
+        f"batch: train.batch_size={config.train.batch_size} / "
+        f"train.microbatches={micro} must be even")
   if training and valid("train.batch_size") and config.train.batch_size % micro:
     problems.append(f"train.microbatches={micro} must divide "
                     f"train.batch_size={config.train.batch_size}")

@@ -92,6 +92,7 @@ BAD_VALUES = {  # override -> what the message must say
     "data.seq_len": (0, "data.seq_len=0 must be an integer >= 1"),
     "sample.sampler": ("foo", "sample.sampler='foo' is not one of"),
     "model.objective": ("bert", "model.objective='bert' is not one of"),
+    "diffusion.times": ("sobol", "diffusion.times='sobol' must be one of"),
 }
 
 

@@ -181,17 +181,34 @@ def test_stratified_times_cover_every_stratum():
   assert sorted(np.floor((1 - t) * 16).astype(int)) == list(range(16))
 
 
-def test_train_loss_is_nats_per_scored_position(model):
-  # Bug caught: the loss divided by every position (B x L) or by rows
-  # instead of by the scored positions.
+# Bugs caught: the loss divided by every position (B x L) or by rows instead
+# of by the scored positions; a biased time draw (uniform or paired) or a
+# complementary pair scored at the wrong weight.
+@pytest.mark.parametrize("times,complementary", [
+    ("stratified", False), ("uniform", False), ("stratified", True)])
+def test_train_loss_is_nats_per_scored_position(model, times, complementary):
   tokens = jnp.concatenate([X, jnp.zeros((1, 3), jnp.int32)], axis=1)
   segments = jnp.array([[1, 1, 1, 1, 0, 0, 0]])  # Padding out of sight.
   batch = {"tokens": jnp.broadcast_to(tokens, (N_MC, 7)),
            "weights": jnp.broadcast_to(segments > 0, (N_MC, 7)).astype(jnp.float32),
            "segment_ids": jnp.broadcast_to(segments, (N_MC, 7))}
   loss = objective.train_loss(model, batch, jax.random.PRNGKey(5),
-                              schedules.Linear(), MASK)
+                              schedules.Linear(), MASK, times=times,
+                              complementary=complementary)
   assert float(loss) == pytest.approx(exact_nelbo(model, X, 1.0) / L, rel=0.03)
+
+
+# Bug caught: the second row of a pair drawing its own uniforms (or u instead
+# of 1 - u): its mask is then not the complement of the first's.
+def test_complementary_masks_split_the_positions():
+  tokens = jnp.zeros((8, 6), jnp.int32)
+  weights = jnp.ones((8, 6)).at[:, 5].set(0.0)  # Position 5 is padding.
+  t = jnp.array([0.1, 0.3, 0.5, 0.9])
+  _, masked = objective.mask_tokens(jax.random.PRNGKey(2), tokens, weights,
+                                    jnp.concatenate([t, 1.0 - t]), MASK,
+                                    complementary=True)
+  masked = np.asarray(masked)
+  np.testing.assert_array_equal(masked[:4] ^ masked[4:], np.asarray(weights[:4]) > 0)
 
 
 def test_padding_adds_nothing(model):

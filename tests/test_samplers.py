@@ -321,6 +321,20 @@ def test_commit_all_at_once_is_exact_only_for_independent_positions(opts):
   assert total_variation(empirical(dependent.tokens_BxL[ROWS["free"]]), SPARSE) > 0.5
 
 
+# Catches: a confidence that depends on the drawn token (its probability, as
+# LLaDA's and Fast-dLLM's code score at temperature > 0). A position that drew
+# an unlikely token is put off and drawn again, which favours likely tokens:
+# measured TV 0.41 from the joint for all three, the tolerance 0.08. Scores
+# of p(x_i | z) alone keep one commit per call exact, in any order.
+@pytest.mark.parametrize("opts", [
+    options("threshold", threshold=1.0), options("factor", factor=1e-3),
+    options("confidence", steps=3)], ids=lambda o: o.sampler)
+def test_one_commit_per_call_by_confidence_is_exact(opts):
+  result = run(opts, "full")
+  assert np.all(result.calls_B[ROWS["free"]] == 3)
+  assert_matches(result.tokens_BxL[ROWS["free"]], FULL)
+
+
 # Catches: threshold ignored (one per call), the factor rule with n instead of
 # n + 1 (commits 2 first), the entropy bound as sum_U H <= gamma (commits 1).
 @pytest.mark.parametrize("opts,commits", [

@@ -209,6 +209,13 @@ def test_validation_of_the_new_fields(tiny_config):
   with pytest.raises(errors.UserError) as e:
     validation.check(tiny_config, devices=jax.devices())
   assert "train.microbatches=3 must divide train.batch_size=8" in str(e.value)
+  odd = load_tiny_config("", "")  # 8 rows in 8 microbatches: one a step.
+  odd.train.microbatches = 8
+  odd.diffusion.complementary_masks = True
+  with pytest.raises(errors.UserError, match=(
+      "diffusion.complementary_masks=True pairs the rows of each step's "
+      "batch: train.batch_size=8 / train.microbatches=8 must be even")):
+    validation.check(odd)
   assert "train.profile_steps=(5, 2) must be () (off) or (first, last)" in str(e.value)
   tiny_config.train.update(microbatches=2, profile_steps=())
   with pytest.raises(errors.UserError, match=r"train.batch_size=8 must be divisible "

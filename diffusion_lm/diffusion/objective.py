@@ -33,9 +33,15 @@ def token_nll(logits_BxLxV, tokens_BxL):
   return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
-def mask_tokens(key, tokens_BxL, weights_BxL, mask_rate_B, mask_id: int):
-  """z_t: real tokens masked independently with probability mask_rate."""
+def mask_tokens(key, tokens_BxL, weights_BxL, mask_rate_B, mask_id: int,
+                complementary: bool = False):
+  """z_t: real tokens masked independently with probability mask_rate (a
+  position where uniform u < mask_rate). complementary: the second half of
+  the rows uses 1 - u of the first half's (see train_loss)."""
   draws = jax.random.uniform(key, tokens_BxL.shape, jnp.float32)
+  if complementary:
+    first = draws[:draws.shape[0] // 2]
+    draws = jnp.concatenate([first, 1.0 - first])
   masked = (draws < mask_rate_B[:, None]) & (weights_BxL > 0)
   return jnp.where(masked, mask_id, tokens_BxL), masked
 
@@ -61,17 +67,18 @@ def in_slices(fn, rows, slices: int):
 
 
 def sequence_nelbo(model, batch, t_B, key, schedule: schedules.Schedule,
-                   mask_id: int, slices: int = 1):
+                   mask_id: int, slices: int = 1, complementary: bool = False):
   """One-sample NELBO estimate per row of the batch, in nats: shape [B].
 
   (For rows packed with several documents and segment ids, the sum of the
   documents' estimates at a shared t.) The rows are scored in `slices`
   independent slices (in_slices: the same numbers, faster on a CPU).
+  complementary: as in mask_tokens.
   """
   tokens_BxL, weights_BxL = batch["tokens"], batch["weights"]
   mask_rate_B = schedule.mask_rate(t_B)
   z_BxL, masked_BxL = mask_tokens(key, tokens_BxL, weights_BxL, mask_rate_B,
-                                  mask_id)
+                                  mask_id, complementary)
   rows = {"z": z_BxL, "rate": mask_rate_B, "masked": masked_BxL,
           "tokens": tokens_BxL, "weights": weights_BxL,
           "segment_ids": batch.get("segment_ids")}
@@ -86,12 +93,33 @@ def masked_nll(model, rows):
   return jnp.sum(jnp.where(rows["masked"], nll_BxL, 0.0), axis=-1)
 
 
+TIMES = ("stratified", "uniform")  # diffusion.times: how training draws t.
+
+
 def train_loss(model, batch, key, schedule: schedules.Schedule, mask_id: int,
-               slices: int = 1):
-  """NELBO of the batch in nats per scored position, with stratified times."""
+               slices: int = 1, times: str = "stratified",
+               complementary: bool = False):
+  """NELBO of the batch in nats per scored position.
+
+  times: 'stratified' (stratified_times) or 'uniform' (independent draws).
+  complementary: the rows of the batch's first half are scored twice, at
+  times t with uniforms u and at 1 - t with 1 - u; its second half goes
+  unused. Under the linear schedule (mask rate t) the second mask is then
+  the first one's complement: every position is masked in exactly one of
+  the pair. Each row is still a draw of the NELBO's t and mask, so the loss
+  stays unbiased; the pair's negative correlation lowers its variance.
+  """
   t_key, mask_key = jax.random.split(key)
-  t = stratified_times(t_key, batch["tokens"].shape[0])
-  nelbo = sequence_nelbo(model, batch, t, mask_key, schedule, mask_id, slices)
+  b = batch["tokens"].shape[0]
+  n = b // 2 if complementary else b
+  t = (stratified_times(t_key, n) if times == "stratified"
+       else 1.0 - jax.random.uniform(t_key, (n,)))  # In (0, 1] either way.
+  if complementary:
+    batch = jax.tree.map(lambda x: jnp.concatenate([x[:n], x[:n]]), batch)
+    # 1 - t lies in [0, 1); the floor keeps the weight 1/t of t = 0 finite.
+    t = jnp.concatenate([t, jnp.maximum(1.0 - t, 1e-6)])
+  nelbo = sequence_nelbo(model, batch, t, mask_key, schedule, mask_id, slices,
+                         complementary)
   return jnp.sum(nelbo) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
 
