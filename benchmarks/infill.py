@@ -52,8 +52,9 @@ def functions(source: str):
   return spans
 
 
-def tasks(data: bytes, seq_len: int, rng) -> list[dict]:
-  """The infill tasks of one file whose span fits in half a row."""
+def tasks(data: bytes, seq_len: int, encode, rng) -> list[dict]:
+  """The infill tasks of one file whose span fits in half a row of seq_len
+  tokens (encode: text -> token ids)."""
   source = data.decode("utf-8", errors="replace")
   out = []
   for start, end in functions(source):
@@ -64,7 +65,7 @@ def tasks(data: bytes, seq_len: int, rng) -> list[dict]:
     indent = len(lines[0]) - len(lines[0].lstrip())
     for kind, (s, e) in (("body", (start, end)),
                          ("line", (line_start, line_start + len(lines[i])))):
-      if e - s <= seq_len // 2:
+      if len(encode(data[s:e])) <= seq_len // 2:
         out.append({"kind": kind, "file": data, "start": s, "end": e,
                     "indent": indent})
   return out
@@ -174,7 +175,7 @@ def main():
   rng = np.random.default_rng(0)
   all_tasks = []
   for example in pipeline.source(diffusion.config.data, "test"):
-    all_tasks += tasks(example["text"], seq_len, rng)
+    all_tasks += tasks(example["text"], seq_len, diffusion.tokenizer.encode, rng)
   rng.shuffle(all_tasks)
   all_tasks = all_tasks[:args.max_tasks]
   results = []

@@ -42,9 +42,8 @@ Samplers (`SAMPLER_OPTIONS` lists the options each reads):
 * `first_hitting` (Zheng et al. 2024): exact in L calls for L masked. Each
   step jumps the clock to the next unmasking time and reveals one masked
   position, picked uniformly. Reads no `steps`.
-* `confidence` (MaskGIT / LLaDA / Dream): draws tokens for all masked positions
-  and commits the k best by `order` (k spread evenly: all committed after
-  `steps` steps); `order_temperature` > 0 samples the k from
+* `confidence` (MaskGIT / LLaDA / Dream): commits the k masked positions that
+  score best by `order` (k spread evenly: all committed after `steps` steps); `order_temperature` > 0 samples the k from
   softmax(score / T) without replacement (Gumbel top-k).
 * `threshold` (Fast-dLLM): commits every masked position whose confidence
   (its most likely token's probability) is >= `threshold`, and at least the
