@@ -5,9 +5,9 @@
 
 From every test-split file, the functions whose body is 3 to 20 lines give
 two tasks: blank the whole body, or one line of it (at random), when the
-span fits in half a row. Each model sees one row of data.seq_len tokens: the
-span and the text around it (as much before it as after, where the file
-allows):
+span fits in half a row (in tokens). Each model sees one row of
+data.seq_len tokens: the span and the text around it (as much before it as
+after, where the file allows):
 
 * diffusion fills the span, of its original length in tokens, with the text
   after it in view (--sampler and its options);
