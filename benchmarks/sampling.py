@@ -42,7 +42,7 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from diffusion_lm import api, chain_oracle, config_base, models, quality  # pylint: disable=g-import-not-at-top
+from diffusion_lm import api, chain_oracle, config_base, errors, models, quality  # pylint: disable=g-import-not-at-top
 from diffusion_lm.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
 
 
@@ -205,7 +205,10 @@ def main():
     parser.error("--oracle measures quality only; drop --md4_path")
 
   lm = api.load(args.workdir)
-  generate = oracle_generate(lm) if args.oracle else lm.generate
+  try:
+    generate = oracle_generate(lm) if args.oracle else lm.generate
+  except errors.UserError as e:
+    parser.error(f"--oracle: {e}")
   rows = []
   for options in sweep(lm.config.data.seq_len):
     rows.append(measure(lm, generate, options, args.num_samples,
