@@ -30,6 +30,7 @@ calls per token and quality, not speed.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -43,7 +44,7 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from diffusion_lm import api, chain_oracle, config_base, errors, models, quality  # pylint: disable=g-import-not-at-top
-from diffusion_lm.diffusion import samplers, schedules  # pylint: disable=g-import-not-at-top
+from diffusion_lm.diffusion import samplers  # pylint: disable=g-import-not-at-top
 
 
 def sweep(length: int) -> list[dict]:
@@ -79,15 +80,8 @@ def generated_tokens(init_BxL, result, mask_id) -> int:
 def oracle_generate(lm):
   """lm.generate with the chain's exact denoiser in place of the network."""
   denoiser, chain = chain_oracle.from_config(lm.config.data, lm.tokenizer)
-
-  def generate(init_BxL, *, seed: int, **options):
-    return samplers.sample(
-        denoiser, chain, jax.random.PRNGKey(seed), init_BxL,
-        mask_id=lm.tokenizer.mask_id, eos_id=lm.tokenizer.eos_id,
-        reads_mask_rate=False,
-        options=samplers.make_options(lm.config.sample, options),
-        schedule=schedules.from_config(lm.config.diffusion))
-  return generate
+  return functools.partial(lm.generate_with, denoiser, chain,
+                           reads_mask_rate=False)
 
 
 def measure(lm, generate, options: dict, num_samples: int, runs: int) -> dict:

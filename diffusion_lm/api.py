@@ -141,10 +141,18 @@ class DiffusionLM(LanguageModel):
 
   def generate(self, init_BxL, *, seed: int | None = None,
                **options) -> samplers.SampleResult:
+    return self.generate_with(
+        models.Denoiser(self.graphdef), self.params, init_BxL, seed=seed,
+        reads_mask_rate=self.config.model.time_conditioning, **options)
+
+  def generate_with(self, denoise_fn, params, init_BxL, *, reads_mask_rate: bool,
+                    seed: int | None = None, **options) -> samplers.SampleResult:
+    """generate, with denoise_fn(params, z, mask_rate) in place of the model
+    (as samplers.sample takes it; e.g. chain_oracle's exact denoiser)."""
     return samplers.sample(
-        models.Denoiser(self.graphdef), self.params, self._key(seed), init_BxL,
+        denoise_fn, params, self._key(seed), init_BxL,
         mask_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
-        reads_mask_rate=self.config.model.time_conditioning,
+        reads_mask_rate=reads_mask_rate,
         options=samplers.make_options(self.config.sample, options),
         schedule=schedules.from_config(self.config.diffusion))
 
