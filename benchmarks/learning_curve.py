@@ -7,15 +7,15 @@
       --variant=ar:model.objective=autoregressive
 
 Each --variant is NAME:OVERRIDES (comma-separated config overrides, as
---config.FIELD=VALUE takes them; none for the recipe itself). For each, a
-short probe run measures its training tokens/s on this machine, its step
-count is set to fill --minutes, and it trains to the end (cosine decay and
-all), evaluating validation --points times. Prints one JSON line per
-validation point (variant, step, tokens seen, minutes since the start,
-validation bits/byte) and one per finished variant (its test bits/byte and
-wall time), and writes curves.jsonl and curves.png to --output_dir.
-Minutes are measured from the start of the run (corpus preparation
-included), spread over the steps in proportion.
+--config.FIELD=VALUE takes them; none for the recipe itself). Short probe
+runs first measure each variant's training tokens/s on this machine, back
+to back; then each variant's step count is set to fill --minutes, and it
+trains to the end (cosine decay and all), evaluating validation --points
+times. Prints one JSON line per validation point (variant, step, tokens
+seen, minutes since the start, validation bits/byte) and one per finished
+variant (its test bits/byte and wall time), and writes curves.jsonl and
+curves.png to --output_dir. Minutes are measured from the start of the
+run (corpus preparation included), spread over the steps in proportion.
 """
 
 import argparse
@@ -53,15 +53,21 @@ def probe_tokens_per_s(workdir: str) -> float:
           if "train/tokens_per_s" in r][-1]
 
 
-def run_variant(config: str, name: str, overrides: list[str], minutes: float,
-                points: int, output_dir: str) -> list[dict]:
-  """Probe, then the budgeted run; the curve's records."""
-  probe = os.path.join(output_dir, name + "_probe")
-  train(config, probe, overrides + [
+def probe(config: str, name: str, overrides: list[str], output_dir: str) -> float:
+  """Training tokens/s of a short run of the variant on this machine."""
+  workdir = os.path.join(output_dir, name + "_probe")
+  train(config, workdir, overrides + [
       f"train.steps={PROBE_STEPS}", f"train.log_every={PROBE_STEPS // 2}",
       f"train.eval_every={PROBE_STEPS}", f"train.checkpoint_every={PROBE_STEPS}",
       "eval.split=validation"])
-  tokens_per_s = probe_tokens_per_s(probe)
+  return probe_tokens_per_s(workdir)
+
+
+def run_variant(config: str, name: str, overrides: list[str], minutes: float,
+                tokens_per_s: float, points: int,
+                output_dir: str) -> tuple[list[dict], dict]:
+  """The budgeted run at the probed throughput; the curve's records and the
+  final one."""
   loaded = load_config(config, overrides)
   step_tokens = loaded.train.batch_size * loaded.data.seq_len
   # Evaluation and start-up take their share of the budget: 10%.
@@ -125,12 +131,18 @@ def main():
   parser.add_argument("--output_dir", required=True)
   args = parser.parse_args()
   os.makedirs(args.output_dir, exist_ok=True)
-  curves, lines = {}, []
+  variants = []
   for spec in args.variant:
     name, _, overrides = spec.partition(":")
-    curve, final = run_variant(args.config, name,
-                               list(filter(None, overrides.split(","))),
-                               args.minutes, args.points, args.output_dir)
+    variants.append((name, list(filter(None, overrides.split(",")))))
+  # Every probe first, back to back, so that all throughputs are measured
+  # under the same conditions before any long run starts.
+  throughputs = [probe(args.config, name, overrides, args.output_dir)
+                 for name, overrides in variants]
+  curves, lines = {}, []
+  for (name, overrides), tokens_per_s in zip(variants, throughputs):
+    curve, final = run_variant(args.config, name, overrides, args.minutes,
+                               tokens_per_s, args.points, args.output_dir)
     curves[name] = curve
     for record in curve + [final]:
       print(json.dumps(record), flush=True)
@@ -138,7 +150,6 @@ def main():
     with open(os.path.join(args.output_dir, "curves.jsonl"), "w") as f:
       f.writelines(lines)
     plot(curves, os.path.join(args.output_dir, "curves.png"))
-
 
 if __name__ == "__main__":
   main()
