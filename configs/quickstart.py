@@ -32,7 +32,7 @@ def get_config(variant: str = ""):
   c.data.tokenizer_train.update(vocab_size=4096, model_type="unigram",
                                 max_documents=1000)
   c.train.update(steps=2000, batch_size=32,
-                 learning_rate=3e-3, warmup_steps=100, final_lr_fraction=0.0,
+                 learning_rate=3e-3, warmup_steps=500, final_lr_fraction=0.0,
                  log_every=100, eval_every=500, checkpoint_every=500)
   c.eval.update(batch_size=64, batches_during_training=8, split="test")
   return config_base.variant(c, variant)
