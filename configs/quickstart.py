@@ -9,14 +9,15 @@ the whole test split, checkpoints and prints samples; then
   python -m diffusion_lm.sample --workdir=runs/quickstart --num_samples=4
 
 Expected on 2 CPU cores: about 10 minutes in all (the tokenizer 40 s,
-2,000 steps at about 15,500 tokens/s) and 1.89 bits per byte on the test
-split (an upper bound; the autoregressive twin reaches 1.37).
+2,000 steps at about 15,500 tokens/s) and 1.83 bits per byte on the test
+split (an upper bound; the autoregressive twin reaches 1.33).
 
 What makes it learn this much in this budget (benchmarks/learning_curve.py,
 README "Learning per CPU-minute"): subword tokens (each position holds about
-3.5 bytes of text, so the same rows see 3.5x more of it), and the input
-layer's local mixing (model.local_width), without which the denoiser has to
-discover where its neighbours are through attention alone.
+3.5 bytes of text, so the same rows see 3.5x more of it); the input layer's
+local mixing (model.local_width), without which the denoiser has to
+discover where its neighbours are through attention alone; and 500 warmup
+steps (0.07 bits/byte better than 100 at a 15-minute budget).
 `configs/quickstart.py:ar` is its autoregressive twin.
 """
 
