@@ -151,5 +151,6 @@ def main():
       f.writelines(lines)
     plot(curves, os.path.join(args.output_dir, "curves.png"))
 
+
 if __name__ == "__main__":
   main()
