@@ -4,10 +4,11 @@
       [--num_samples=1024] [--output_dir=runs/markov/sampling] [--oracle]
 
 For every setting of a sweep (each sampler over its knob: steps, threshold,
-factor, gamma, eta) prints one JSON line: the options, network calls per
-generated token, tokens/s at batch 1 and 32 (median of --runs timed runs,
-compilation left out) and the quality of --num_samples samples drawn with
-float64 noise. On the `markov` corpus quality is exact (diffusion_lm.quality:
+factor, gamma, eta; spacing for threshold and entropy_bounded) prints one
+JSON line: the options, network calls per generated token, tokens/s at
+batch 1 and 32 (median of --runs timed runs, compilation left out) and the
+quality of --num_samples samples drawn with float64 noise. On the `markov`
+corpus quality is exact (diffusion_lm.quality:
 the samples' -log2 p under the chain, and the total variation and KL of their
 (k+1)-gram frequencies from the chain's, each beside its floor: the same
 distance for as many fresh documents of the chain). Elsewhere it is the
@@ -58,7 +59,16 @@ def sweep(length: int) -> list[dict]:
           + [{"sampler": "factor", "factor": f} for f in (0.25, 0.5, 1.0, 2.0)]
           + [{"sampler": "entropy_bounded", "gamma": g}
              for g in (0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)]
+          + [{"sampler": "threshold", "threshold": 0.5, "spacing": d}
+             for d in (4, 6, 8)]
+          + [{"sampler": "entropy_bounded", "gamma": 3.0, "spacing": d}
+             for d in (4, 6, 8)]
           + [{"sampler": "remdm", "steps": length, "eta": e} for e in (0.02, 0.05)])
+
+
+def label(options: dict) -> str:
+  """The sampler's name; spaced settings (spacing > 1) are a curve of their own."""
+  return options["sampler"] + (" spaced" if options.get("spacing", 1) > 1 else "")
 
 
 def timed(fn, runs: int) -> float:
@@ -115,13 +125,13 @@ def measure(lm, generate, options: dict, num_samples: int, runs: int) -> dict:
 
 
 def frontier(rows: list[dict], tolerance: float = 0.02) -> dict:
-  """Per sampler, the fewest calls per token within `tolerance` n-gram TV of
-  ancestral sampling with one token per network call (first_hitting: its
-  exact, infinitely-many-steps limit)."""
+  """Per sampler (and spacing), the fewest calls per token within `tolerance`
+  n-gram TV of ancestral sampling with one token per network call
+  (first_hitting: its exact, infinitely-many-steps limit)."""
   reference = next(r for r in rows if r["options"]["sampler"] == "first_hitting")
   best = {}
   for r in rows:
-    name = r["options"]["sampler"]
+    name = label(r["options"])
     if r["ngram_tv"] <= reference["ngram_tv"] + tolerance and (
         name not in best or r["calls_per_token"] < best[name]["calls_per_token"]):
       best[name] = r
@@ -170,9 +180,9 @@ def md4_side_by_side(md4_path: str, fewest_calls_per_token: float,
 
 def plot(rows: list[dict], path: str, key: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
-  for name in dict.fromkeys(r["options"]["sampler"] for r in rows):
+  for name in dict.fromkeys(label(r["options"]) for r in rows):
     points = sorted((r["calls_per_token"], r[key]) for r in rows
-                    if r["options"]["sampler"] == name and key in r)
+                    if label(r["options"]) == name and key in r)
     ax.plot(*zip(*points), "o-", label=name)
   if key == "ngram_tv":
     ax.axhline(statistics.median(r["ngram_tv_floor"] for r in rows),

@@ -68,8 +68,13 @@ ORDER_COMMITS = {"probability": [2, 0, 1], "margin": [1, 0, 2],
                  "entropy": [2, 1, 0]}
 # Max probabilities 0.5, 0.9, 0.8; entropies 1.04, 0.39, 0.64 nats.
 STAGED = product([0.5, 0.25, 0.25], [0.9, 0.05, 0.05], [0.8, 0.1, 0.1])
+# Positions 0 and 2 independent (most likely token 0.8 each), position 1
+# their sum (its most likely token 0.64): committing 0 and 2 together is
+# exact, committing 1 with either is not.
+SUM = joint({(a, a + b, b): [0.8, 0.2][a] * [0.8, 0.2][b]
+             for a in (0, 1) for b in (0, 1)})
 JOINTS = {"sparse": SPARSE, "full": FULL, "independent": INDEPENDENT,
-          "greedy": GREEDY, "order": ORDER, "staged": STAGED}
+          "greedy": GREEDY, "order": ORDER, "staged": STAGED, "sum": SUM}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +353,24 @@ def test_parallel_rules_commit_what_their_criterion_allows(opts, commits):
                                 np.tile(commits, (N, 1)))
 
 
+# Catches: spacing ignored (one call, the product of the marginals: TV 0.31),
+# positions closer than `spacing` committed together, or farther ones held
+# back (spacing 2 taken as "more than 2 apart": three calls), or positions
+# not taken in score order (position 1 first, then 0 and 2 together, which
+# given their sum are dependent).
+@pytest.mark.parametrize("opts", ALL_AT_ONCE, ids=lambda o: o.sampler)
+def test_spacing_keeps_positions_committed_together_apart(opts):
+  together = run(opts, "sum")
+  assert np.all(together.calls_B[ROWS["free"]] == 1)
+  assert total_variation(empirical(together.tokens_BxL[ROWS["free"]]), SUM) > 0.2
+  spaced = run(dataclasses.replace(opts, spacing=2), "sum")
+  np.testing.assert_array_equal(spaced.commit_step_BxL[ROWS["free"]],
+                                np.tile([0, 1, 0], (N, 1)))
+  assert_matches(spaced.tokens_BxL[ROWS["free"]], SUM)
+  one_by_one = run(dataclasses.replace(opts, spacing=3), "sum")
+  assert np.all(one_by_one.calls_B[ROWS["free"]] == 3)
+
+
 # ---------------------------------------------------------------------- ReMDM
 
 
@@ -519,6 +542,8 @@ def test_make_options_merges_defaults_and_explicit():
     ({"sampler": "threshold", "threshold": 1.5}, "sample.threshold"),
     ({"sampler": "factor", "factor": 0.0}, "sample.factor"),
     ({"sampler": "entropy_bounded", "gamma": -0.1}, "sample.gamma"),
+    ({"sampler": "threshold", "spacing": 0}, "sample.spacing must be >= 1"),
+    ({"sampler": "confidence", "spacing": 2}, "does not read spacing"),
     ({"sampler": "remdm", "eta": 1.5}, "sample.eta"),
     ({"sampler": "remdm", "eta": -0.1}, "sample.eta"),
     ({"sampler": "remdm", "remdm_schedule": "linear"}, "sample.remdm_schedule"),

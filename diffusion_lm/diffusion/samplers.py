@@ -54,6 +54,14 @@ Samplers (`SAMPLER_OPTIONS` lists the options each reads):
 * `entropy_bounded` (Ben-Hamu et al. 2025): commits the largest prefix U of the
   masked positions sorted by entropy with sum_U H - max_U H <= `gamma`.
 * `remdm` (Wang et al. 2025): ancestral with remasking, see `_remdm`.
+`spacing` > 1 (threshold, factor, entropy_bounded) spaces the positions one
+call commits, as dilated unmasking does (Luxembourg et al. 2025, arXiv
+2506.19037, as a filter on adaptive rules): the rule then chooses among the
+masked positions taken greedily by its score, skipping any closer than
+`spacing` to one already taken. A per-position score cannot see how two
+positions depend on each other; in text, as in a Markov chain, that
+dependence falls with distance, and spaced positions committed together
+are nearly independent given the rest.
 Scores (probability, margin, entropy) use the model's untempered p(x_i | z)
 and never the drawn token: a rule that commits one position per call then
 samples the model's joint exactly, whatever its order (the chain rule holds
@@ -93,6 +101,7 @@ class SamplerOptions:
   threshold: float = 0.9  # threshold: in (0, 1].
   factor: float = 1.0  # factor: > 0.
   gamma: float = 0.1  # entropy_bounded: entropy budget in nats, >= 0.
+  spacing: int = 1  # threshold, factor, entropy_bounded: 1 = no spacing.
   eta: float = 0.02  # remdm: eta_cap (cap, loop) or eta_rescale (rescale).
   remdm_schedule: str = "cap"  # remdm: 'cap' | 'rescale' | 'loop'.
   t_on: float = 0.55  # remdm loop: remasks while t_off < t <= t_on,
@@ -184,6 +193,24 @@ def _commit_top(score_BxL, candidates_BxL, count_B):
 def _sorted_candidates(score_BxL, candidates_BxL):
   """Candidates' scores in descending order, then -inf."""
   return -jnp.sort(-jnp.where(candidates_BxL, score_BxL, -jnp.inf), axis=-1)
+
+
+def _spaced(score_BxL, candidates_BxL, spacing: int):
+  """The candidates taken in descending score, each skipped when it is
+  closer than `spacing` to one taken before it (all of them at spacing 1)."""
+  if spacing <= 1:
+    return candidates_BxL
+  pos_L = jnp.arange(score_BxL.shape[-1])
+  order_BxL = jnp.argsort(jnp.where(candidates_BxL, -score_BxL, jnp.inf), axis=-1)
+
+  def take(k, taken_BxL):
+    pos_Bx1 = jax.lax.dynamic_slice_in_dim(order_BxL, k, 1, axis=-1)
+    near_BxL = jnp.abs(pos_L - pos_Bx1) < spacing
+    free_Bx1 = ~jnp.any(taken_BxL & near_BxL, axis=-1, keepdims=True)
+    return taken_BxL | ((pos_L == pos_Bx1) & free_Bx1 & candidates_BxL)
+
+  return jax.lax.fori_loop(0, score_BxL.shape[-1], take,
+                           jnp.zeros_like(candidates_BxL))
 
 
 def _max_rate(schedule: schedules.Schedule):
@@ -323,31 +350,32 @@ def _confidence(step: _Step):
 
 def _threshold(step: _Step):
   confidence_BxL = _top_prob(step)
-  above_B = jnp.sum(step.candidates_BxL
-                    & (confidence_BxL >= step.options.threshold), axis=-1)
-  commit_BxL = _commit_top(confidence_BxL, step.candidates_BxL,
-                           jnp.maximum(above_B, 1))
+  eligible_BxL = _spaced(confidence_BxL, step.candidates_BxL, step.options.spacing)
+  above_B = jnp.sum(eligible_BxL & (confidence_BxL >= step.options.threshold),
+                    axis=-1)
+  commit_BxL = _commit_top(confidence_BxL, eligible_BxL, jnp.maximum(above_B, 1))
   return _Move(commit_BxL, _fraction_rate(step, commit_BxL))
 
 
 def _factor(step: _Step):
   confidence_BxL = _top_prob(step)
-  c_BxL = _sorted_candidates(confidence_BxL, step.candidates_BxL)  # c_(n).
+  eligible_BxL = _spaced(confidence_BxL, step.candidates_BxL, step.options.spacing)
+  c_BxL = _sorted_candidates(confidence_BxL, eligible_BxL)  # c_(n).
   n_L = jnp.arange(1, c_BxL.shape[-1] + 1)
   fits_B = jnp.sum((n_L + 1) * (1.0 - c_BxL) < step.options.factor, axis=-1)
-  commit_BxL = _commit_top(confidence_BxL, step.candidates_BxL,
-                           jnp.maximum(fits_B, 1))
+  commit_BxL = _commit_top(confidence_BxL, eligible_BxL, jnp.maximum(fits_B, 1))
   return _Move(commit_BxL, _fraction_rate(step, commit_BxL))
 
 
 def _entropy_bounded(step: _Step):
   entropy_BxL = _entropy(step)
-  h_BxL = -_sorted_candidates(-entropy_BxL, step.candidates_BxL)  # Ascending.
+  eligible_BxL = _spaced(-entropy_BxL, step.candidates_BxL, step.options.spacing)
+  h_BxL = -_sorted_candidates(-entropy_BxL, eligible_BxL)  # Ascending.
   # sum_U H - max_U H of each prefix U: the entropies before its last one.
   before_BxL = jnp.cumsum(h_BxL, axis=-1) - h_BxL
   before_BxL = jnp.where(jnp.isfinite(h_BxL), before_BxL, jnp.inf)
   fits_B = jnp.sum(before_BxL <= step.options.gamma, axis=-1)  # >= 1.
-  commit_BxL = _commit_top(-entropy_BxL, step.candidates_BxL, fits_B)
+  commit_BxL = _commit_top(-entropy_BxL, eligible_BxL, fits_B)
   return _Move(commit_BxL, _fraction_rate(step, commit_BxL))
 
 
@@ -363,9 +391,9 @@ SAMPLERS = {
     "ancestral": _Sampler(_ancestral, ("steps",)),
     "first_hitting": _Sampler(_first_hitting, (), clock=_first_hitting_clock),
     "confidence": _Sampler(_confidence, ("steps", "order", "order_temperature")),
-    "threshold": _Sampler(_threshold, ("threshold",)),
-    "factor": _Sampler(_factor, ("factor",)),
-    "entropy_bounded": _Sampler(_entropy_bounded, ("gamma",)),
+    "threshold": _Sampler(_threshold, ("threshold", "spacing")),
+    "factor": _Sampler(_factor, ("factor", "spacing")),
+    "entropy_bounded": _Sampler(_entropy_bounded, ("gamma", "spacing")),
     "remdm": _Sampler(_remdm, ("steps", "eta", "remdm_schedule", "t_on", "t_off",
                                "alpha_on"), remasks=True),
 }
@@ -385,6 +413,7 @@ _CHECKS = {
     "threshold": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "factor": (lambda v: v > 0, "> 0"),
     "gamma": (lambda v: v >= 0, ">= 0"),
+    "spacing": (lambda v: v >= 1, ">= 1 (1 = no spacing)"),
     "eta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "remdm_schedule": (lambda v: v in _REMDM_SCHEDULES,
                        f"one of {sorted(_REMDM_SCHEDULES)}"),
