@@ -54,14 +54,16 @@ Samplers (`SAMPLER_OPTIONS` lists the options each reads):
 * `entropy_bounded` (Ben-Hamu et al. 2025): commits the largest prefix U of the
   masked positions sorted by entropy with sum_U H - max_U H <= `gamma`.
 * `remdm` (Wang et al. 2025): ancestral with remasking, see `_remdm`.
+
 `spacing` > 1 (threshold, factor, entropy_bounded) spaces the positions one
 call commits, as dilated unmasking does (Luxembourg et al. 2025, arXiv
 2506.19037, as a filter on adaptive rules): the rule then chooses among the
 masked positions taken greedily by its score, skipping any closer than
 `spacing` to one already taken. A per-position score cannot see how two
-positions depend on each other; in text, as in a Markov chain, that
-dependence falls with distance, and spaced positions committed together
-are nearly independent given the rest.
+positions depend on each other; where that dependence falls with distance
+(in a Markov chain, geometrically), spaced positions committed together are
+nearly independent given the rest.
+
 Scores (probability, margin, entropy) use the model's untempered p(x_i | z)
 and never the drawn token: a rule that commits one position per call then
 samples the model's joint exactly, whatever its order (the chain rule holds
