@@ -8,11 +8,11 @@ factor, gamma, eta; spacing for threshold and entropy_bounded) prints one
 JSON line: the options, network calls per generated token, tokens/s at
 batch 1 and 32 (median of --runs timed runs, compilation left out) and the
 quality of --num_samples samples drawn with float64 noise. On the `markov`
-corpus quality is exact (diffusion_lm.quality:
-the samples' -log2 p under the chain, and the total variation and KL of their
-(k+1)-gram frequencies from the chain's, each beside its floor: the same
-distance for as many fresh documents of the chain). Elsewhere it is the
-model's own NELBO of its samples (bits per byte) beside their unigram entropy.
+corpus quality is exact (diffusion_lm.quality: the samples' -log2 p under
+the chain, and the total variation and KL of their (k+1)-gram frequencies
+from the chain's, each beside its floor: the same distance for as many fresh
+documents of the chain). Elsewhere it is the model's own NELBO of its
+samples (bits per byte) beside their unigram entropy.
 
 Then one summary line. The reference is ancestral sampling with one token
 per network call (`first_hitting`, its exact limit); `frontier` lists, per

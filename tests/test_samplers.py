@@ -353,7 +353,7 @@ def test_parallel_rules_commit_what_their_criterion_allows(opts, commits):
                                 np.tile(commits, (N, 1)))
 
 
-# Catches: spacing ignored (one call, the product of the marginals: TV 0.31),
+# Catches: spacing ignored (one call, the product of the marginals: TV 0.49),
 # positions closer than `spacing` committed together, or farther ones held
 # back (spacing 2 taken as "more than 2 apart": three calls), or positions
 # not taken in score order (position 1 first, then 0 and 2 together, which
