@@ -52,7 +52,8 @@ def diffusion_sweep(length: int) -> list[dict]:
           + [{"sampler": "first_hitting"}]
           + [{"sampler": "confidence", "steps": length // 4}]
           + [{"sampler": "threshold", "threshold": t} for t in (0.9, 0.7)]
-          + [{"sampler": "threshold", "threshold": 0.5, "spacing": d} for d in (4, 8)]
+          + [{"sampler": "threshold", "threshold": t, "spacing": d}
+             for t, d in ((0.1, 4), (0.01, 8))]
           + [{"sampler": "entropy_bounded", "gamma": g} for g in (0.1, 1.0, 3.0)])
 
 
