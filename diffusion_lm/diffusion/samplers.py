@@ -211,8 +211,9 @@ def _spaced(score_BxL, candidates_BxL, spacing: int):
     free_Bx1 = ~jnp.any(taken_BxL & near_BxL, axis=-1, keepdims=True)
     return taken_BxL | ((pos_L == pos_Bx1) & free_Bx1 & candidates_BxL)
 
-  return jax.lax.fori_loop(0, score_BxL.shape[-1], take,
-                           jnp.zeros_like(candidates_BxL))
+  # Candidates sort first in order_BxL: stop after the most any row has.
+  most = jnp.max(jnp.sum(candidates_BxL, axis=-1))
+  return jax.lax.fori_loop(0, most, take, jnp.zeros_like(candidates_BxL))
 
 
 def _max_rate(schedule: schedules.Schedule):
