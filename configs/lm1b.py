@@ -47,6 +47,8 @@ def get_config(variant: str = ""):
   c.data.update(corpus="lm1b", tokenizer="sentencepiece",
                 tokenizer_model="spm_unigram_32000.model", seq_len=128,
                 packing="pad")
+  c.data.tokenizer_train.update(vocab_size=32000, model_type="unigram",
+                                max_documents=2_000_000)
   c.diffusion.update(schedule="loglinear", eps=1e-3)
   # 500k steps x 512 x 128 = 33B tokens.
   c.train.update(steps=500_000, batch_size=512, learning_rate=3e-4,

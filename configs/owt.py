@@ -50,6 +50,8 @@ def get_config(variant: str = ""):
   c.data.update(corpus="openwebtext", tokenizer="sentencepiece",
                 tokenizer_model="spm_bpe_50257.model", seq_len=1024,
                 packing="wrap")
+  c.data.tokenizer_train.update(vocab_size=50257, model_type="bpe",
+                                max_documents=100_000)
   c.diffusion.schedule = "linear"
   c.train.update(config_base.MD4_TRAIN, eval_every=10_000)
   # OpenWebText has no test split: the held-out documents are "validation".

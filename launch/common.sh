@@ -20,6 +20,12 @@ quote_words() {
   printf '%s\n' "${out}"
 }
 
+# Whether $1 is an integer in 1..$2. The text is checked before any
+# arithmetic: bash's integers wrap around past 2^63 (2^64 + 1 reads as 1).
+int_in_range() {
+  [[ $1 =~ ^[1-9][0-9]{0,17}$ ]] && (($1 <= $2))
+}
+
 # Appends --multihost to a diffusion_lm.main command that lacks it.
 with_multihost() {
   local is_main=0 has_flag=0 word

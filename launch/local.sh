@@ -4,6 +4,10 @@
 set -euo pipefail
 
 readonly PROG="launch/local.sh"
+# Bounds past anything one machine runs: each process is a JAX runtime (a few
+# hundred MB) with a connection to every other.
+readonly MAX_PROCESSES=256
+readonly MAX_DEVICES_PER_PROCESS=1024
 
 usage() {
   cat <<'EOF'
@@ -22,8 +26,8 @@ has none (so it calls jax.distributed.initialize()); other commands run as
 given.
 
 Flags:
-  --num_processes=N        processes to start (required, >= 1)
-  --devices_per_process=D  CPU devices per process (default 1)
+  --num_processes=N        processes to start (required, 1..256)
+  --devices_per_process=D  CPU devices per process (default 1; at most 1024)
   --port=P                 coordinator port on 127.0.0.1 (default: a free one)
   --log_dir=DIR            write process i's output to DIR/process_<i>.log and
                            show only process 0's on the terminal (default:
@@ -87,13 +91,11 @@ while (($#)); do
 done
 
 [[ -n ${num_processes} ]] || die "--num_processes=N is required"
-[[ ${num_processes} =~ ^[1-9][0-9]*$ ]] || die "--num_processes must be a positive integer, got '${num_processes}'"
-[[ ${devices_per_process} =~ ^[1-9][0-9]*$ ]] || die "--devices_per_process must be a positive integer, got '${devices_per_process}'"
-if [[ -n ${port} ]]; then
-  if ! [[ ${port} =~ ^[1-9][0-9]*$ ]] || ((port > 65535)); then
-    die "--port must be in 1..65535, got '${port}'"
-  fi
-fi
+int_in_range "${num_processes}" "${MAX_PROCESSES}" ||
+  die "--num_processes must be a positive integer up to ${MAX_PROCESSES}, got '${num_processes}'"
+int_in_range "${devices_per_process}" "${MAX_DEVICES_PER_PROCESS}" ||
+  die "--devices_per_process must be a positive integer up to ${MAX_DEVICES_PER_PROCESS}, got '${devices_per_process}'"
+[[ -z ${port} ]] || int_in_range "${port}" 65535 || die "--port must be in 1..65535, got '${port}'"
 (($#)) || die "no command: put it after --, e.g. $PROG --num_processes=2 -- python -c 'print(1)'"
 
 with_multihost "$@"

@@ -368,10 +368,13 @@ def test_slurm_tasks_get_their_own_ids(tmp_path, visible, local_ids):
     ({}, TRAIN, "SLURM_JOB_ID is not set"),
     (dict(SLURM_ENV, SLURM_NTASKS_PER_NODE="4"), TRAIN, "--ntasks-per-node=4 but 8 GPUs"),
     (SLURM_ENV, [], "no command"),
+    (dict(SLURM_ENV, JAX_COORDINATOR_PORT="18446744073709551617"), TRAIN,
+     "JAX_COORDINATOR_PORT must be in 1..65535, got '18446744073709551617'"),
 ])
 def test_slurm_errors_one_clear_line(env, args, message):
-  # Catches: a job that starts the wrong number of processes per node, or a
-  # script run outside sbatch that hangs instead of saying why.
+  # Catches: a job that starts the wrong number of processes per node, a
+  # script run outside sbatch that hangs instead of saying why, or a port
+  # past 2^64 that bash's arithmetic wraps into range.
   result = bash(SLURM, *args, env=clean_env(DRY_RUN="1", **env))
   assert_one_error_line(result, "gpu_slurm.sbatch")
   assert message in result.stderr
@@ -440,14 +443,24 @@ def test_local_failure_stops_the_others(tmp_path):
     (["--num_processes=0", "--", "true"], "positive integer"),
     (["--num_processes=2", "--devices_per_process=x", "--", "true"], "positive integer"),
     (["--num_processes=2", "--port=70000", "--", "true"], "1..65535"),
+    (["--num_processes=2", "--port=18446744073709551617", "--", "true"],
+     "--port must be in 1..65535, got '18446744073709551617'"),
+    (["--num_processes=99999999999999999999", "--dry_run", "--", "true"],
+     "--num_processes must be a positive integer up to 256, got "
+     "'99999999999999999999'"),
+    (["--num_processes=257", "--", "true"], "positive integer up to 256"),
+    (["--num_processes=2", "--devices_per_process=1025", "--", "true"],
+     "--devices_per_process must be a positive integer up to 1024"),
     (["--num_processes=2", "--nodes=2", "--", "true"], "unknown flag '--nodes=2'"),
     (["--num_processes=2"], "no command"),
     (["--num_processes=2", "true"], "unknown flag 'true'"),
 ])
 def test_local_bad_flags_one_clear_line(args, message):
-  # Catches: a typo that starts a wrong-sized job, or an error hidden in a
-  # Python traceback from every process.
-  result = bash(LOCAL, *args)
+  # Catches: a typo that starts a wrong-sized job, an error hidden in a
+  # Python traceback from every process, or a number past 2^63 that bash's
+  # arithmetic wraps (a port of 2^64 + 1 taken for 1, a process count that
+  # never ends, even in a dry run).
+  result = bash(LOCAL, *args, timeout=10)
   assert_one_error_line(result, "launch/local.sh")
   assert message in result.stderr
 
