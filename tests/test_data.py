@@ -1,5 +1,7 @@
 """The stdlib and text_files corpora, their splits and the grain pipeline."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -120,11 +122,56 @@ def test_train_stream_is_deterministic_and_resumes_from_its_state(tiny_config):
   assert not np.array_equal(other, head)
 
 
-def test_train_stream_shards_documents_by_process(tiny_config):
-  streams = [iter(pipeline.train_dataset(tiny_config, TOKENIZER, process_index=p,
-                                         process_count=2)) for p in range(2)]
-  batches = [next(s)["tokens"] for s in streams]
-  assert batches[0].shape[0] == tiny_config.train.batch_size // 2
-  assert not np.array_equal(batches[0], batches[1])
+def process_iterators(config, process_count: int) -> list:
+  return [iter(pipeline.train_dataset(config, TOKENIZER, process_index=p,
+                                      process_count=process_count))
+          for p in range(process_count)]
+
+
+def global_batches(iterators, n):
+  """The next n global batches' tokens: the processes' rows in order."""
+  return [np.concatenate([next(i)["tokens"] for i in iterators])
+          for _ in range(n)]
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_the_global_batch_does_not_depend_on_the_process_count(tiny_config,
+                                                               process_count):
+  # Bug caught: processes that each read their own share of the documents, or
+  # pack or shuffle their rows on their own, so that a job trains on other
+  # batches on N hosts than on 1 (so 2 x 2 devices miss 1 x 4's losses).
+  one = first_batches(iter(pipeline.train_dataset(tiny_config, TOKENIZER)), 6)
+  assert len({row.tobytes() for row in one[0]}) == len(one[0])  # Distinct.
+  np.testing.assert_array_equal(
+      global_batches(process_iterators(tiny_config, process_count), 6), one)
   with pytest.raises(errors.UserError, match="train.batch_size=8 .* 3 processes"):
     pipeline.train_dataset(tiny_config, TOKENIZER, process_index=0, process_count=3)
+
+
+def test_process_positions_resume_on_any_process_count(tiny_config):
+  # Bugs caught: a stream's position lost or mixed up with another's in the
+  # checkpointed state (resumed rows differ), a state that only fits the
+  # process count that saved it, or one applied to another batch size.
+  tiny_config.data.seq_len = 256  # Streams soon at different places.
+  two = process_iterators(tiny_config, 2)
+  global_batches(two, 10)
+  states = [json.loads(json.dumps(i.get_state())) for i in two]
+  positions = [p for state in states for p in state["rows"].values()]
+  assert len({json.dumps(p) for p in positions}) > 4
+  expected = global_batches(two, 4)
+  resumed = process_iterators(tiny_config, 2)
+  for iterator, state in zip(resumed, states):
+    iterator.set_state(state)
+  np.testing.assert_array_equal(global_batches(resumed, 4), expected)
+  # Every process count continues from the two positions merged.
+  merged = pipeline.merge_positions(states)
+  for process_count in (1, 2, 4):
+    resumed = process_iterators(tiny_config, process_count)
+    for iterator in resumed:
+      iterator.set_state(merged)
+    np.testing.assert_array_equal(global_batches(resumed, 4), expected)
+  for batch_size, rows in ((8, "0-7"), (4, "0-3")):  # The first process's.
+    tiny_config.train.batch_size = batch_size
+    with pytest.raises(pipeline.PositionMismatch,
+                       match=f"rows {rows} of global batches of {batch_size}"):
+      iter(pipeline.train_dataset(tiny_config, TOKENIZER)).set_state(states[0])

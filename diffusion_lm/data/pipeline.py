@@ -24,9 +24,16 @@ segment), filler is left out of the loss and of attention, and the NELBO
 bounds -log p(documents | their lengths) instead. (A tokenizer without EOS
 has no filler token: its last wrap row ends in weight-0 padding.)
 
-Training reads an endless, shuffled stream: documents reshuffled every epoch
-and packed sequences shuffled again in a window. Each process reads its own
-slice of the documents; the iterator's position is checkpointable
+Training reads an endless stream of global batches of `train.batch_size`
+rows. The documents are shuffled, repeated and reshuffled every epoch; row r
+of every batch comes from its own packing stream, which reads documents r,
+r + B, r + 2B, ... of that order (B = train.batch_size) and packs them on its
+own. A process reads the streams of its rows of the global batch, so a step's
+batch is the same rows in the same order whatever the number of processes: a
+job trains on the same data on 1 or N hosts (and the step's random draws do
+not depend on the sharding either). Each stream holds one document at a time;
+consecutive rows of a long document land in consecutive batches, never in
+one. The iterator's position (every stream's) is checkpointable
 (grain.checkpoint.CheckpointSave). Evaluation packs the whole split on every
 process in a fixed order and hands each process its rows of every global batch,
 so all processes run the same number of steps and every token counts once.
@@ -40,7 +47,6 @@ import numpy as np
 from diffusion_lm import errors
 from diffusion_lm.data import corpora, packing
 
-_SHUFFLE_WINDOW = 512  # rows
 PACKINGS = ("wrap", "pad")
 
 
@@ -57,8 +63,8 @@ def _pad(doc: dict, seq_len: int) -> dict:
           "segment_ids": np.pad(np.ones_like(tokens), (0, pad))}
 
 
-def _packed(docs: grain.MapDataset, data_config,
-            eos_id: int | None) -> grain.IterDataset:
+def _packed(docs: grain.MapDataset, data_config, eos_id: int | None,
+            read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """Encoded documents -> rows of tokens and segment ids (0 = filler)."""
   if data_config.packing not in PACKINGS:
     raise errors.UserError(
@@ -71,8 +77,8 @@ def _packed(docs: grain.MapDataset, data_config,
         "data.condition_on_length=True)")
   seq_len = data_config.seq_len
   if data_config.packing == "pad":
-    return docs.map(lambda doc: _pad(doc, seq_len)).to_iter_dataset()
-  return packing.PackedIterDataset(docs.to_iter_dataset(), seq_len)
+    return docs.map(lambda doc: _pad(doc, seq_len)).to_iter_dataset(read_options)
+  return packing.PackedIterDataset(docs.to_iter_dataset(read_options), seq_len)
 
 
 def finish_row(row: dict, data_config, eos_id: int | None) -> dict:
@@ -85,11 +91,6 @@ def finish_row(row: dict, data_config, eos_id: int | None) -> dict:
     return {"tokens": row["tokens"], "weights": content.astype(np.float32)}
   return {"tokens": np.where(content, row["tokens"], eos_id).astype(np.int32),
           "weights": np.ones(content.shape, np.float32)}
-
-
-def _rows(docs: grain.MapDataset, data_config, eos_id) -> grain.IterDataset:
-  return _packed(docs, data_config, eos_id).map(
-      lambda row: finish_row(row, data_config, eos_id))
 
 
 def pad_rows(docs: list[np.ndarray], data_config,
@@ -113,27 +114,94 @@ def per_process_batch(global_batch: int, process_count: int, field: str) -> int:
   return global_batch // process_count
 
 
+class PositionMismatch(ValueError):
+  """A saved data position that is not one of these batches' (another
+  train.batch_size, or another version of this pipeline)."""
+
+
+# A stream reads its next document when it needs one: no thread, no buffer.
+_UNBUFFERED = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
 def train_dataset(config, tokenizer, *, process_index: int = 0,
                   process_count: int = 1, seed_offset: int = 0
                   ) -> grain.IterDataset:
-  """Endless per-process training batches; iterate with iter() and checkpoint.
+  """This process's rows of the endless global training batches (module
+  doc); iterate with iter() and checkpoint.
 
   Shuffled with train.seed + seed_offset (a resumed run whose data position
   could not be restored starts a new order).
   """
-  batch = per_process_batch(config.train.batch_size, process_count,
-                            "train.batch_size")
+  global_batch = config.train.batch_size
+  batch = per_process_batch(global_batch, process_count, "train.batch_size")
   docs = grain.MapDataset.source(source(config.data, "train"))
-  docs = docs[process_index::process_count]
   if len(docs) == 0:
     raise errors.UserError(
-        f"process {process_index} of {process_count} has no training documents")
-  seed = config.train.seed + seed_offset
-  docs = docs.shuffle(seed=seed).repeat()
-  rows = _rows(_encoded(docs, tokenizer), config.data, tokenizer.eos_id)
-  rows = grain.experimental.WindowShuffleIterDataset(
-      rows, window_size=_SHUFFLE_WINDOW, seed=seed)
-  return rows.batch(batch, drop_remainder=True)
+        f"the train split of data.corpus={config.data.corpus!r} has no "
+        "documents")
+  order = _encoded(docs.shuffle(seed=config.train.seed + seed_offset).repeat(),
+                   tokenizer)
+  eos_id = tokenizer.eos_id
+  first = process_index * batch
+  return _RowStreams({
+      row: _packed(order[row::global_batch], config.data, eos_id, _UNBUFFERED
+                   ).map(lambda r: finish_row(r, config.data, eos_id))
+      for row in range(first, first + batch)}, global_batch)
+
+
+class _RowStreams(grain.IterDataset):
+  """Batches of one row from each stream: {row of the global batch: stream}."""
+
+  def __init__(self, streams: dict[int, grain.IterDataset], global_batch: int):
+    super().__init__(list(streams.values()))
+    self._rows = list(streams)
+    self._global_batch = global_batch
+
+  def __iter__(self):
+    return _RowStreamsIterator(
+        {row: iter(s) for row, s in zip(self._rows, self._parents)},
+        self._global_batch)
+
+
+class _RowStreamsIterator(grain.DatasetIterator):
+  """State: {"batch_size": the global batch, "rows": {"<row>": that row's
+  stream's state}}. set_state takes any state that holds this iterator's
+  rows, e.g. every process's merged: positions carry over between process
+  counts."""
+
+  def __init__(self, streams: dict[int, grain.DatasetIterator],
+               global_batch: int):
+    super().__init__(list(streams.values()))
+    self._streams = streams
+    self._global_batch = global_batch
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rows = [next(s) for s in self._streams.values()]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def get_state(self) -> dict:
+    return {"batch_size": self._global_batch,
+            "rows": {str(row): stream.get_state()
+                     for row, stream in self._streams.items()}}
+
+  def set_state(self, state: dict) -> None:
+    rows = state.get("rows", {})
+    if (state.get("batch_size") != self._global_batch
+        or any(str(row) not in rows for row in self._streams)):
+      raise PositionMismatch(
+          f"the data position does not hold rows {min(self._streams)}-"
+          f"{max(self._streams)} of global batches of {self._global_batch}")
+    for row, stream in self._streams.items():
+      stream.set_state(rows[str(row)])
+
+
+def merge_positions(states: list[dict]) -> dict:
+  """The processes' training data positions (their train_dataset iterators'
+  states) as one, from which any number of processes resumes."""
+  rows = {}
+  for state in states:
+    rows.update(state.get("rows", {}))
+  return {**states[0], "rows": rows}
 
 
 def pack_split(config, tokenizer, split: str) -> dict[str, np.ndarray]:
