@@ -38,14 +38,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def train_then_sample(config, workdir: str) -> None:
-  """Trains (resuming if possible); then logs samples from the checkpoint."""
+  """Trains (resuming if possible); then logs samples from the checkpoint,
+  if there is one (train.steps=0 in a new workdir only evaluates the
+  untrained model)."""
   from diffusion_lm import api, train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(config, workdir)
   if result["preempted"]:
     sys.exit(143)
-  if config.sample.num_samples:
-    for i, text in enumerate(api.load(workdir).sample()):
-      logging.info("sample %d:\n%s", i, text)
+  if not config.sample.num_samples:
+    return
+  if not result["step"]:
+    logging.info("No samples: train.steps=0 trained no checkpoint to sample.")
+    return
+  for i, text in enumerate(api.load(workdir).sample()):
+    logging.info("sample %d:\n%s", i, text)
 
 
 def main():

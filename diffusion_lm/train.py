@@ -2,10 +2,20 @@
 
 Checks the whole config first (validation.check), then holds the workdir's
 lock (workdir_lock) while it runs. Resumes from the newest intact checkpoint
-in the workdir when there is one. SIGTERM (a preemption) saves a checkpoint at
-the current step and stops the loop. Metrics are fetched one step behind so
-that dispatch stays asynchronous. Each evaluation also writes a few samples
-to TensorBoard's Text tab (previews.Previews).
+in the workdir when there is one, then checks that the tokenizer can encode
+the corpus (tokenizers.check_documents) before it trains. A run refused
+before its first write leaves the workdir as it found it. Metrics are
+fetched one step behind so that dispatch stays asynchronous. Each
+evaluation also writes a few samples to TensorBoard's Text tab
+(previews.Previews).
+
+SIGTERM (a preemption) saves a checkpoint at the current step and stops the
+loop (`preempted`; the command line exits with 143). One that arrives
+during the last step or while its checkpoint is written still counts: the
+checkpoint is completed, and the final evaluation is left to the next run,
+which finds training done and only evaluates (a preempted job has seconds
+to stop, and the evaluation may take minutes). During the final evaluation
+SIGTERM ends the process at once; the last checkpoint is complete by then.
 
 A non-finite loss or gradient: each step records the first step that had one
 (`health`, on the device); the loop reads it where it waits for the device
@@ -334,6 +344,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
   resumed = checkpoints.resume(mngr, training.state_target, train_data,
                                tokenizer, config.model)
+  tokenizers.check_documents(tokenizer,
+                             corpora.builder(config.data).documents())
   if resumed:
     start_step, state, train_iter = resumed
     logging.info("Resuming from the checkpoint at step %d.", start_step)
@@ -392,10 +404,14 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   # ------------------------------------------------------------------- Loop
   step, step_metrics, step_fn = start_step, None, None
   profile = _ProfileSteps(config.train.profile_steps, workdir)
-  try:
-    with _StopOnSigterm() as stop:
+  with _StopOnSigterm() as stop:
+
+    def preempted() -> bool:
+      return stop.requested.is_set() or mngr.reached_preemption(step)
+
+    try:
       while step < config.train.steps:
-        if stop.requested.is_set() or mngr.reached_preemption(step):
+        if preempted():
           logging.warning("Preempted: saving the checkpoint at step %d.", step)
           save(step)
           mngr.wait_until_finished()
@@ -431,9 +447,14 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         if step % config.train.checkpoint_every == 0 or last:
           save(step)
       flush()
-  finally:  # A save in flight completes, also when the loop stops early.
-    profile.stop(step_metrics)
-    mngr.wait_until_finished()
+    finally:  # A save in flight completes, also when the loop stops early.
+      profile.stop(step_metrics)
+      mngr.wait_until_finished()
+    if preempted():  # During the last step or its checkpoint (module doc).
+      logging.warning("Preempted after the checkpoint at step %d was saved: "
+                      "the final evaluation is left to the next run.", step)
+      writer.close()
+      return {"preempted": True, "step": step}
 
   # ------------------------------------------------------- Final evaluation
   test = evaluation.EvalSplit(config, tokenizer, config.eval.split)

@@ -1,12 +1,17 @@
 """One training run per workdir: <workdir>/lock names the process that holds it.
 
-The lock file holds JSON {"host", "pid", "started"} and is flock()ed while
-its holder runs. A second run is refused at once, naming the holder. A lock
-left by a process that died (killed, say) is taken over with a warning: the
-kernel released its flock, and on the same host its pid is gone. A lock left
-by another host is not taken over (its process cannot be asked): the message
-says to delete the file if that run is gone. Local and network file systems
-with POSIX locks; in a multi-process job only process 0 holds it.
+The lock file holds JSON {"host", "pid", "started", "process_start"} and is
+flock()ed while its holder runs. A second run is refused at once, naming the
+holder. A lock left by a process that died (killed, say) is taken over with
+a warning: the kernel released its flock, and on the same host its pid is
+gone or names another process now (`process_start`, the boot id and the
+process's start time from Linux's /proc, tells a reused pid from the holder;
+without /proc a live pid counts as the holder). A lock file without a
+readable record (its writer killed mid-write) is taken over with a warning
+too. A lock left by another host is not taken over (its process cannot be
+asked): the message says to delete the file if that run is gone. Local and
+network file systems with POSIX locks; in a multi-process job only process 0
+holds it.
 
 A workdir given as a URL (`gs://bucket/run`) is read and written through
 etils.epath. An object store offers no flock, so there the lock is
@@ -14,6 +19,10 @@ advisory: the holder's record is read, then ours written, and two runs
 started within that moment would both proceed (a warning says so). A lock
 left there by a run on this host that is gone is taken over; one from
 another host is not.
+
+`check_writable_dir` refuses a local directory that is a file, lies under
+one or is not writable before anything is written; the lock checks its
+workdir so.
 """
 
 import datetime
@@ -40,6 +49,26 @@ def absolute(workdir: str) -> str:
   return workdir if is_url(workdir) else os.path.abspath(workdir)
 
 
+def check_writable_dir(path: str, name: str) -> None:
+  """Refuses a local directory that cannot be created or written to: a file,
+  one under a file, or one without write permission. `name` is the flag or
+  config field that gave `path`. A URL is not checked."""
+  if is_url(path):
+    return
+  path = os.path.abspath(path)
+  existing = path  # The directory itself or its nearest existing parent.
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise errors.UserError(
+        f"{name}={path} is not a directory" if existing == path else
+        f"{name}={path} lies under {existing}, which is not a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise errors.UserError(
+        f"{name}={path} is not writable" if existing == path else
+        f"{name}={path} cannot be created: {existing} is not writable")
+
+
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -50,7 +79,24 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _process_start(pid: int) -> str | None:
+  """'<boot id> <start time>' of a running process (Linux's /proc: the
+  start in clock ticks after boot, field 22 of /proc/<pid>/stat), which a
+  later process given the same pid does not share; None without /proc."""
+  try:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+      boot_id = f.read().strip()
+    with open(f"/proc/{pid}/stat") as f:
+      stat = f.read()
+  except OSError:
+    return None
+  # Fields 3 on follow the command name, which may hold spaces and ')'.
+  return f"{boot_id} {stat.rpartition(')')[2].split()[19]}"
+
+
 def _describe(holder: dict) -> str:
+  if "torn" in holder:
+    return f"a process whose record is unreadable ({holder['torn']!r})"
   return (f"process {holder.get('pid')} on host {holder.get('host')!r} "
           f"(started {holder.get('started')})")
 
@@ -58,8 +104,11 @@ def _describe(holder: dict) -> str:
 class WorkdirLock:
   """Context manager: holds <workdir>/lock, creating the workdir if needed.
 
-  On exit it deletes the lock file, and the workdir when it created it and
-  nothing else was written there (a run refused before its first write).
+  On exit it deletes the lock file. A run that failed (exited with an
+  exception) also loses the empty directories it made there (the checkpoint
+  manager makes its own before the data is read), and the workdir when it
+  made it and nothing else was written there: a run refused before its
+  first write leaves the workdir as it found it.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
@@ -68,6 +117,7 @@ class WorkdirLock:
     self.enabled = enabled
     self._fd = None
     self._created = False
+    self._entries = set()  # What the workdir held before the run.
     self._record = None  # What a URL workdir's lock holds while we hold it.
 
   def _refuse(self, holder: dict, advice: str):
@@ -94,11 +144,13 @@ class WorkdirLock:
 
   @staticmethod
   def _parse(text: str) -> dict:
+    """The holder's record; {} for none, {"torn": the text} for one that is
+    not a JSON object (its writer killed mid-write, say)."""
     try:
       holder = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError:
-      holder = {"pid": "?", "host": "?", "started": text[:80]}
-    return holder if isinstance(holder, dict) else {}
+      holder = None
+    return holder if isinstance(holder, dict) else {"torn": text[:80]}
 
   @classmethod
   def _read(cls, fd: int) -> dict:
@@ -107,15 +159,27 @@ class WorkdirLock:
 
   def _take_over(self, holder: dict) -> None:
     """Refuses a lock whose holder may still run; warns when taking over
-    one left by a process that is gone (no holder: nothing to do)."""
+    one left by a process that is gone, or an unreadable one (no holder:
+    nothing to do)."""
     if not holder:
+      return
+    if "torn" in holder:
+      logging.warning(
+          "The lock file %s holds no readable record (%r), as when its writer "
+          "was killed while writing it; taking it over.", self.path,
+          holder["torn"])
       return
     pid = holder.get("pid")
     if holder.get("host") != socket.gethostname():
       self._refuse(holder, "if that run has ended, delete the lock file")
     if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
-      # No flock but alive: a file system without locks, or a URL workdir.
-      self._refuse(holder, "wait for it to finish or stop it")
+      recorded, now = holder.get("process_start"), _process_start(pid)
+      if recorded is None or now is None or recorded == now:
+        # No flock but alive: a file system without locks, or a URL workdir.
+        self._refuse(holder, "wait for it to finish or stop it")
+      logging.warning("Taking over the lock of %s: pid %d belongs to another "
+                      "process now.", _describe(holder), pid)
+      return
     logging.warning("Taking over the lock of %s, which is no longer running.",
                     _describe(holder))
 
@@ -123,7 +187,8 @@ class WorkdirLock:
   def _new_record() -> str:
     return json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(),
-        "started": datetime.datetime.now().isoformat(timespec="seconds")})
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "process_start": _process_start(os.getpid())})
 
   def _enter_url(self):
     """The advisory lock of a URL workdir (module docstring)."""
@@ -142,8 +207,10 @@ class WorkdirLock:
       return self
     if is_url(self.workdir):
       return self._enter_url()
+    check_writable_dir(self.workdir, "--workdir")
     self._created = not os.path.isdir(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
+    self._entries = set(os.listdir(self.workdir))
     fd = self._open_locked()
     try:
       self._take_over(self._read(fd))
@@ -156,7 +223,7 @@ class WorkdirLock:
     self._fd = fd
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *exc):
     if self._record is not None:  # A URL workdir: deleted unless taken over.
       path = epath.Path(self.path)
       if path.exists() and path.read_text() == self._record:
@@ -168,5 +235,10 @@ class WorkdirLock:
     os.remove(self.path)  # While still holding the flock.
     os.close(self._fd)
     self._fd = None
+    if exc_type is not None:
+      for entry in os.scandir(self.workdir):
+        if (entry.name not in self._entries and
+            entry.is_dir(follow_symlinks=False) and not os.listdir(entry.path)):
+          os.rmdir(entry.path)
     if self._created and not os.listdir(self.workdir):
       os.rmdir(self.workdir)

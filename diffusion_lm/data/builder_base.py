@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from diffusion_lm import errors
 
 SPLITS = ("train", "validation", "test")
+_BATCH = 4096  # Documents read at a time.
 
 
 class DocumentBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -35,6 +36,21 @@ class DocumentBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _metadata(self) -> tfds.core.MetadataDict | None:
     return None
+
+  def location(self, path: str) -> str:
+    """Where the document whose `path` feature this is came from, for
+    messages."""
+    return path
+
+  def documents(self, splits=None) -> Iterator[tuple[str, bytes]]:
+    """(location, text) of each document of a prepared builder's splits
+    (all by default), read in batches."""
+    for split in splits or self.info.splits:
+      source = self.as_data_source(split)
+      for start in range(0, len(source), _BATCH):
+        for doc in source.__getitems__(
+            range(start, min(start + _BATCH, len(source)))):
+          yield self.location(doc["path"].decode("utf-8")), doc["text"]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

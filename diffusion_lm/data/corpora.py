@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
-from diffusion_lm import errors
+from diffusion_lm import errors, workdir_lock
 from diffusion_lm.data import lm1b, local_files, markov, openwebtext, text8
 from diffusion_lm.data.builder_base import SPLITS, DocumentBuilder
 
@@ -59,8 +59,10 @@ def prepared_dir(data_config) -> str:
 
 
 def _download_and_prepare(b: DocumentBuilder, **kwargs) -> None:
-  """b.download_and_prepare; TFDS's progress bars only on a terminal (not in
-  a log file or a test's output)."""
+  """b.download_and_prepare, once data.data_dir is known to be writable;
+  TFDS's progress bars only on a terminal (not in a log file or a test's
+  output)."""
+  workdir_lock.check_writable_dir(str(b.data_dir_root), "data.data_dir")
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   b.download_and_prepare(**kwargs)

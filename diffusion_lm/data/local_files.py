@@ -7,7 +7,8 @@
   edited corpus is prepared afresh. A file the glob reaches through a symlink
   that leads out of the glob's directory is refused unless
   `data.follow_symlinks`, and so is a file larger than `data.max_file_bytes`
-  (each is read whole, as one document).
+  (each is read whole, as one document), and a corpus with a split whose
+  files are all empty (bits per byte need bytes).
 
 Documents go to train / validation / test by a stable hash of their path
 (about 90 / 5 / 5; `assign_splits`).
@@ -63,6 +64,9 @@ class _FilesBuilder(DocumentBuilder, skip_registration=True):
   def _root_and_files(self) -> tuple[pathlib.Path, list[str]]:
     raise NotImplementedError
 
+  def location(self, path: str) -> str:
+    return str(self._root_and_files()[0] / path)
+
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is local.
     root, relpaths = self._root_and_files()
@@ -113,8 +117,8 @@ def glob_files(pattern: str, *, follow_symlinks: bool = False,
                max_file_bytes: int | None = None
                ) -> tuple[pathlib.Path, list[str]]:
   """The files a glob matches, relative to its root; a clear error if none,
-  or if one leaves the root through a symlink (unless follow_symlinks) or is
-  larger than max_file_bytes."""
+  if one leaves the root through a symlink (unless follow_symlinks) or is
+  larger than max_file_bytes, or if a split's files are all empty."""
   root = _glob_root(pattern)
   matches = sorted(
       p for p in glob_lib.glob(os.path.expanduser(pattern), recursive=True)
@@ -122,6 +126,7 @@ def glob_files(pattern: str, *, follow_symlinks: bool = False,
   if not matches:
     raise errors.UserError(f"data.files={pattern!r} matches no files")
   real_root = root.resolve()
+  sizes = {}
   for path in matches:
     target = pathlib.Path(path).resolve()
     if not follow_symlinks and not target.is_relative_to(real_root):
@@ -135,12 +140,29 @@ def glob_files(pattern: str, *, follow_symlinks: bool = False,
           f"data.files={pattern!r}: {path} is {size:,} bytes, more than "
           f"data.max_file_bytes={max_file_bytes:,} (each file is one document, "
           "read whole): raise the limit or split the file")
-  relpaths = [os.path.relpath(p, root) for p in matches]
+    sizes[os.path.relpath(path, root)] = size
+  relpaths = list(sizes)
   if len(relpaths) < 3:
     raise errors.UserError(
         f"data.files={pattern!r} matches {len(relpaths)} file(s); at least 3 "
         "are needed to hold out validation and test documents")
+  _check_not_empty(pattern, sizes)
   return root.resolve(), relpaths
+
+
+def _check_not_empty(pattern: str, sizes: dict[str, int]) -> None:
+  """Refuses a corpus whose files, or one split's files, are all empty: it
+  would train on EOS alone and measure infinite bits per byte."""
+  if not any(sizes.values()):
+    raise errors.UserError(
+        f"data.files={pattern!r}: the {len(sizes)} files it matches are all "
+        "empty (0 bytes)")
+  for split, relpaths in assign_splits(list(sizes)).items():
+    if not any(sizes[p] for p in relpaths):
+      names = ", ".join(relpaths[:3]) + (", ..." if len(relpaths) > 3 else "")
+      raise errors.UserError(
+          f"data.files={pattern!r}: every file of the {split} split is empty "
+          f"({names}); every split needs text: fill them or match more files")
 
 
 class TextFilesConfig(tfds.core.BuilderConfig):

@@ -24,19 +24,15 @@ _MANUAL_DIR = flags.DEFINE_string(
     "openwebtext, its .txt files); downloaded when absent.")
 flags.mark_flag_as_required("config")
 
-_BATCH = 4096  # Documents read at a time when counting bytes.
-
 
 def split_sizes(builder) -> dict[str, tuple[int, int]]:
   """(documents, bytes of text) of each split of a prepared builder."""
   sizes = {}
   for split in (s for s in builder_base.SPLITS if s in builder.info.splits):
-    source = builder.as_data_source(split)
-    num_bytes = 0
-    for start in range(0, len(source), _BATCH):
-      batch = source.__getitems__(range(start, min(start + _BATCH, len(source))))
-      num_bytes += sum(len(example["text"]) for example in batch)
-    sizes[split] = (len(source), num_bytes)
+    num_docs = num_bytes = 0
+    for _, text in builder.documents([split]):
+      num_docs, num_bytes = num_docs + 1, num_bytes + len(text)
+    sizes[split] = (num_docs, num_bytes)
   return sizes
 
 

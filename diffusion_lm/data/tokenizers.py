@@ -14,13 +14,15 @@ what training used.
 
 * `byte`: UTF-8 bytes, EOS = 256.
 * `char`: text8's 27 symbols (space, a-z); no EOS (documents are concatenated
-  with nothing between them). Any other character is an error.
+  with nothing between them). Any other character is an error
+  (`check_documents` finds the first in a corpus before a run starts).
 * `sentencepiece`: a SentencePiece model (`data.tokenizer_model`), trained
   with `python -m diffusion_lm.data.train_tokenizer`.
 """
 
 import base64
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,8 @@ _EOS_TEXT = "<|eos|>"
 _MASK_TEXT = "<|mask|>"
 _TRAIN_COMMAND = ("python -m diffusion_lm.data.train_tokenizer --config=CONFIG "
                   "--vocab_size=32000")
+_CHAR_ALPHABET = ("text8's alphabet is space and a-z (use "
+                  "data.tokenizer='byte' for other text)")
 
 
 class Tokenizer:
@@ -106,6 +110,11 @@ class ByteTokenizer(Tokenizer):
     return ids.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
 
+def _char_at(data: bytes, i: int) -> str:
+  """The character that starts at byte i (U+FFFD: not UTF-8)."""
+  return data[i:i + 4].decode("utf-8", errors="replace")[0]
+
+
 class CharTokenizer(Tokenizer):
   """text8's alphabet: space = 0, a..z = 1..26; no EOS; [MASK] = 27.
 
@@ -122,17 +131,21 @@ class CharTokenizer(Tokenizer):
   _IDS = np.full(256, -1, np.int32)  # Byte -> id, -1 outside the alphabet.
   _IDS[np.frombuffer(ALPHABET.encode(), np.uint8)] = np.arange(27)
 
-  def encode(self, text: str | bytes) -> np.ndarray:
-    data = _utf8(text)
+  def lookup(self, data: bytes) -> tuple[np.ndarray, int | None]:
+    """The ids of `data` (-1 outside the alphabet) and the offset of its
+    first byte outside the alphabet (None: there is none). The bytes before
+    that one are ASCII: the offset is also a character index."""
     ids = self._IDS[np.frombuffer(data, np.uint8)]
     bad = np.flatnonzero(ids < 0)
-    if bad.size:
-      i = int(bad[0])  # The bytes before it are ASCII: i is also a character index.
-      char = data[i:i + 4].decode("utf-8", errors="replace")[0]
+    return ids, int(bad[0]) if bad.size else None
+
+  def encode(self, text: str | bytes) -> np.ndarray:
+    data = _utf8(text)
+    ids, i = self.lookup(data)
+    if i is not None:
       raise errors.UserError(
-          f"the char tokenizer cannot encode {char!r} at character {i}: "
-          "text8's alphabet is space and a-z (use data.tokenizer='byte' for "
-          "other text)")
+          f"the char tokenizer cannot encode {_char_at(data, i)!r} at "
+          f"character {i}: {_CHAR_ALPHABET}")
     return ids
 
   def _decode_run(self, ids: np.ndarray) -> str:
@@ -240,6 +253,22 @@ class SentencePieceTokenizer(Tokenizer):
 
 TOKENIZERS = {t.kind: t for t in (ByteTokenizer, CharTokenizer,
                                   SentencePieceTokenizer)}
+
+
+def check_documents(tokenizer: Tokenizer,
+                    documents: Iterable[tuple[str, bytes]]) -> None:
+  """Refuses (location, text) documents that `tokenizer` cannot encode,
+  naming the first such document and byte, so that a run is refused before
+  it trains. Only the char tokenizer refuses text: for the others the
+  documents are not read."""
+  if not isinstance(tokenizer, CharTokenizer):
+    return
+  for location, text in documents:
+    _, i = tokenizer.lookup(text)
+    if i is not None:
+      raise errors.UserError(
+          f"the char tokenizer cannot encode {_char_at(text, i)!r} (byte "
+          f"0x{text[i]:02x}) at byte {i} of {location}: {_CHAR_ALPHABET}")
 
 
 def from_json(spec: dict[str, Any]) -> Tokenizer:
