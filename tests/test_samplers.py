@@ -582,6 +582,80 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   np.testing.assert_array_equal(kept, [[True, False, False, False]])
 
 
+@dataclasses.dataclass(frozen=True)
+class Positional:
+  """p(x_i | z) fixed per position: params are the L x V logits."""
+
+  def __call__(self, logits_LxV, z_BxL, mask_rate_B):
+    del mask_rate_B
+    return jnp.broadcast_to(logits_LxV, z_BxL.shape + logits_LxV.shape[-1:])
+
+
+# 22 positions, every fifth fixed: threshold 0.05 commits the other 17 in one
+# call. A call's committed positions are drawn a few per row at a time, so
+# 2,000 rows fill several buffers, the last one partly. Token 0 is never
+# drawn (probability 0); 5 is [MASK]. "random": tokens 1 to 4 with random
+# probabilities at each position; "uniform": with 1/4 each.
+DRAW_FIXED = np.arange(22) % 5 == 0
+DRAW_TABLES = {
+    "random": np.log(np.random.default_rng(0).dirichlet(np.ones(4), 22)),
+    "uniform": np.full((22, 4), np.log(0.25))}
+DRAW_TABLES = {k: np.concatenate([np.full((22, 1), -np.inf), t], axis=1)
+               for k, t in DRAW_TABLES.items()}
+DRAW_INIT = np.tile(np.where(DRAW_FIXED, 1, 5), (2_000, 1))
+
+
+@functools.cache
+def run_positional(temperature=1.0, top_p=1.0, float64=False, table="random"):
+  opts = options("threshold", threshold=0.05, temperature=temperature,
+                 top_p=top_p, float64=float64)
+  result = samplers.sample(
+      Positional(), jnp.asarray(DRAW_TABLES[table], jnp.float32),
+      jax.random.PRNGKey(0), DRAW_INIT, mask_id=5, eos_id=None,
+      reads_mask_rate=False, options=opts)
+  assert np.all(np.asarray(result.calls_B) == 1)
+  return np.asarray(result.tokens_BxL)[:, ~DRAW_FIXED]
+
+
+# Catches: committed positions left undrawn (they keep the buffer's 0) or drawn
+# from another position's logits, temperature or top_p not applied. Measured
+# TV 0.012 and 0.007 against tolerances 0.049 and 0.035.
+@pytest.mark.parametrize("temperature,top_p,float64", [
+    (1.0, 1.0, False), (0.7, 0.7, True)])
+def test_committed_positions_draw_from_their_distribution(temperature, top_p,
+                                                          float64):
+  tokens = run_positional(temperature, top_p, float64)
+  assert np.all(tokens > 0)
+  logits = DRAW_TABLES["random"][~DRAW_FIXED]
+  n, v = logits.shape
+  want = np.asarray(jax.nn.softmax(samplers.filter_top_p(
+      jnp.asarray(logits / temperature), top_p))).reshape(-1) / n
+  got = np.bincount((np.arange(n) * v + tokens).reshape(-1),
+                    minlength=want.size) / tokens.size
+  assert total_variation(got, want) < tolerance(want, tokens.size)
+
+
+# Catches: buffers of one call drawn with the same noise: tokens of equal
+# distributions then repeat at the buffer's length in the order they were
+# gathered (row by row). Independent draws agree at every lag with
+# probability 1/4: measured 0.261 at most over lags up to half their number.
+def test_committed_draws_are_independent():
+  tokens = run_positional(table="uniform").reshape(-1)
+  n = len(tokens)
+  fourier = np.fft.rfft(np.eye(5)[tokens], 2 * n, axis=0)
+  # agree[d]: pairs (i, i + d) with equal tokens (the one-hots' autocorrelation).
+  agree = np.fft.irfft(fourier * fourier.conj(), 2 * n, axis=0)[:n].sum(-1)
+  lags = np.arange(1, n // 2)
+  assert np.max(agree[lags] / (n - lags)) < 0.3
+
+
+# Catches: temperature 0 drawing instead of taking each position's argmax.
+def test_committed_draws_at_zero_temperature_are_argmax():
+  tokens = run_positional(temperature=0.0)
+  argmax = DRAW_TABLES["random"][~DRAW_FIXED].argmax(-1)
+  np.testing.assert_array_equal(tokens, np.tile(argmax, (len(tokens), 1)))
+
+
 # Catches: temperature 0 sampling instead of taking the argmax.
 def test_zero_temperature_is_greedy():
   logits = jnp.log(jnp.array([[0.2, 0.5, 0.3]]))

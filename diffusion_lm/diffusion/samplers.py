@@ -3,11 +3,12 @@
 One jitted loop (`lax.while_loop`, static shapes, one dispatch per `sample`)
 over a `denoise_fn(params, z_BxL, mask_rate_B) -> logits_BxLxV`. A sampler is a
 small rule in the `SAMPLERS` table: given the logits and the current sequence,
-which masked positions to commit (with tokens the loop drew from
-softmax(logits / temperature), top-p filtered) and, for remasking samplers,
-which committed ones to reopen. The loop owns everything else, so every
-sampler gets it:
+which masked positions to commit and, for remasking samplers, which committed
+ones to reopen. The loop owns everything else, so every sampler gets it:
 
+* Tokens: drawn after the rule has chosen, at the committed positions only,
+  each from softmax(logits / temperature), top-p filtered (argmax at
+  temperature 0), independently.
 * Prompts and infill templates: positions that are not [MASK] at the start
   never change (SUBS: unmasked tokens are copied), remasking included.
 * Blocks (`block_length` > 0, semi-autoregressive as in LLaDA and BD3-LM): the
@@ -43,8 +44,9 @@ Samplers (`SAMPLER_OPTIONS` lists the options each reads):
   step jumps the clock to the next unmasking time and reveals one masked
   position, picked uniformly. Reads no `steps`.
 * `confidence` (MaskGIT / LLaDA / Dream): commits the k masked positions that
-  score best by `order` (k spread evenly: all committed after `steps` steps); `order_temperature` > 0 samples the k from
-  softmax(score / T) without replacement (Gumbel top-k).
+  score best by `order` (k spread evenly: all committed after `steps` steps);
+  `order_temperature` > 0 samples the k from softmax(score / T) without
+  replacement (Gumbel top-k).
 * `threshold` (Fast-dLLM): commits every masked position whose confidence
   (its most likely token's probability) is >= `threshold`, and at least the
   most confident one.
@@ -65,13 +67,14 @@ positions depend on each other; where that dependence falls with distance
 nearly independent given the rest.
 
 Scores (probability, margin, entropy) use the model's untempered p(x_i | z)
-and never the drawn token: a rule that commits one position per call then
-samples the model's joint exactly, whatever its order (the chain rule holds
-for any order chosen from what is already revealed). Scoring by the drawn
-token's probability, as LLaDA and Fast-dLLM do (the same thing at temperature
-0, where they decode), would instead defer positions that drew an unlikely
-token and redraw them: a bias towards likely tokens (on the `markov` recipe,
-n-gram TV 0.59 instead of 0.03 at threshold 0.9, temperature 1).
+and never a drawn token (none is drawn before the rule chooses): a rule that
+commits one position per call then samples the model's joint exactly, whatever
+its order (the chain rule holds for any order chosen from what is already
+revealed). Scoring by the drawn token's probability, as LLaDA and Fast-dLLM do
+(the same thing at temperature 0, where they decode), would instead defer
+positions that drew an unlikely token and redraw them: a bias towards likely
+tokens (on the `markov` recipe, n-gram TV 0.59 instead of 0.03 at threshold
+0.9, temperature 1).
 """
 
 import dataclasses
@@ -142,6 +145,38 @@ def draw_tokens(key, logits, temperature: float, top_p: float, float64: bool):
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+# Positions drawn together, per row of the batch (see _draw_committed).
+_DRAWS_PER_ROW = 2
+
+
+def _draw_committed(key, logits_BxLxV, commit_BxL, options: SamplerOptions):
+  """draw_tokens at the committed positions (0 elsewhere), each drawn apart.
+
+  A call commits a few of its B x L positions, and the draw over V tokens
+  costs about what the network does (at the quickstart shape, drawing every
+  position took two thirds of an iteration). So the committed positions are
+  gathered, _DRAWS_PER_ROW x B at a time (a static buffer), and only they are
+  drawn, in as many buffers as they fill: buffer j with key fold_in(key, j).
+  """
+  b, l, v = logits_BxLxV.shape
+  size = min(b * l, _DRAWS_PER_ROW * b)
+  logits_NxV = logits_BxLxV.reshape(b * l, v)
+  order_N = jnp.argsort(~commit_BxL.reshape(-1), stable=True)  # Committed first.
+
+  def draw_buffer(j, tokens_N):
+    # dynamic_slice moves a last buffer that would run past the end back:
+    # positions it draws again keep the second of two independent draws.
+    n_K = jax.lax.dynamic_slice_in_dim(order_N, j * size, size)
+    tokens_K = draw_tokens(jax.random.fold_in(key, j), logits_NxV[n_K],
+                           options.temperature, options.top_p, options.float64)
+    return tokens_N.at[n_K].set(tokens_K)
+
+  buffers = -(-jnp.sum(commit_BxL) // size)
+  tokens_N = jax.lax.fori_loop(0, buffers, draw_buffer,
+                               jnp.zeros(b * l, jnp.int32))
+  return tokens_N.reshape(b, l)
+
+
 class _Step(NamedTuple):
   """What a rule sees at one step (per row where suffixed _B)."""
 
@@ -157,7 +192,7 @@ class _Step(NamedTuple):
 
 
 class _Move(NamedTuple):
-  commit_BxL: jax.Array  # Candidates that take their drawn token.
+  commit_BxL: jax.Array  # Candidates to commit (the loop draws their tokens).
   rate_B: jax.Array  # Masking rate of the next state.
   reopen_BxL: jax.Array | None = None  # Generated tokens set back to [MASK].
 
@@ -517,8 +552,6 @@ class _Carry(NamedTuple):
 def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
             reads_mask_rate, options, schedule):
   sampler = SAMPLERS[options.sampler]
-  draw = functools.partial(draw_tokens, temperature=options.temperature,
-                           top_p=options.top_p, float64=options.float64)
   b, l = init_BxL.shape
   block_length = options.block_length if 0 < options.block_length < l else l
   num_blocks = -(-l // block_length)
@@ -574,10 +607,10 @@ def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
         lambda: c.logits_BxLxV)
     steps_B = jnp.take_along_axis(
         budget_BxN, jnp.minimum(c.block_B, num_blocks - 1)[:, None], axis=-1)[:, 0]
-    tokens_BxL = draw(draw_key, logits_BxLxV)
     move = sampler.rule(_Step(
         rule_key, logits_BxLxV, candidates_BxL,
         ~fixed_BxL & in_block_BxL, c.step_B, steps_B, rate_B, options, schedule))
+    tokens_BxL = _draw_committed(draw_key, logits_BxLxV, move.commit_BxL, options)
 
     z_BxL = jnp.where(move.commit_BxL, tokens_BxL, c.z_BxL)
     if move.reopen_BxL is not None:
