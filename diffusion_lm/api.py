@@ -25,6 +25,10 @@ from diffusion_lm.data import pipeline
 from diffusion_lm.diffusion import samplers, schedules
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class LanguageModel:
   """A trained model: parameters, config and tokenizer; sample, score.
 
@@ -57,7 +61,7 @@ class LanguageModel:
     if not (isinstance(num_samples, numbers.Integral) and num_samples >= 1):
       raise errors.UserError(f"num_samples must be an integer >= 1, got "
                              f"{num_samples!r}")
-    ids = [np.full(p, self.tokenizer.mask_id, np.int32) if isinstance(p, int)
+    ids = [np.full(p, self.tokenizer.mask_id, np.int32) if _is_int(p)
            else self.tokenizer.encode(p) for p in parts]
     template = np.concatenate(ids)
     validation.check_sample_length(len(template), self.config.data.seq_len,
@@ -158,8 +162,17 @@ class DiffusionLM(LanguageModel):
 
   def infill(self, parts, num_samples: int = 1, *, seed: int | None = None,
              **options) -> list[str]:
-    """Fills the gaps of a template: strings are kept, an int n is n new tokens."""
-    if not any(isinstance(p, int) and p > 0 for p in parts):
+    """Fills the gaps of a template: strings are kept, an int n is n new
+    tokens (0: none)."""
+    if not isinstance(parts, (list, tuple)):
+      raise errors.UserError(f"infill takes a list of parts (strings and "
+                             f"integer gaps), got {parts!r}")
+    for i, part in enumerate(parts):
+      if not (isinstance(part, str) or (_is_int(part) and part >= 0)):
+        raise errors.UserError(
+            f"infill's parts[{i}]={part!r} must be a string (kept) or an "
+            "integer >= 0 (that many tokens to generate)")
+    if not any(_is_int(p) and p > 0 for p in parts):
       raise errors.UserError("infill needs at least one positive integer gap in parts")
     return self.texts(self.generate(self._template(parts, num_samples),
                                     seed=seed, **options))
@@ -188,23 +201,28 @@ DATA_LOCATIONS = ("data_dir", "files")
 
 
 def load(workdir: str, step: int | None = None, mesh=None, *,
-         data_dir: str = "", files: str = "") -> LanguageModel:
+         data_dir: str = "", files: str = "",
+         require_checksums: bool = False) -> LanguageModel:
   """The model of the newest intact (or the given) checkpoint in `workdir`.
 
   Config and tokenizer come from the checkpoint, except `data.data_dir` and
   `data.files`, which are these arguments (a difference from the checkpoint's
   is logged). A newest checkpoint that cannot be read or fails its checksums
   is passed over for the one before, with a warning; non-finite parameters
-  are an error. Parameters (EMA when trained with it) are placed on `mesh`
-  with the config's sharding rules; the default mesh puts every device on
-  the fsdp axis, so each holds a slice of them.
+  are an error. A checkpoint without checksums (an old one, or one whose
+  checksums are lost) loads unverified, with a warning; with
+  require_checksums it is passed over too. Parameters (EMA when trained
+  with it) are placed on `mesh` with the config's sharding rules; the
+  default mesh puts every device on the fsdp axis, so each holds a slice of
+  them.
   """
   mngr = checkpoints.manager(workdir, read_only=True)
   if mesh is None:
     mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1}))
 
   def restore(s):
-    config, tokenizer = checkpoints.restore_metadata(mngr, s)
+    config, tokenizer = checkpoints.restore_metadata(mngr, s,
+                                                     require_checksums)
     graphdef, abstract_state = models.abstract_model(
         models.TransformerConfig.from_config(config.model, tokenizer.vocab_size))
     shardings = parallel.state_shardings(abstract_state, config.mesh.rules, mesh)

@@ -11,13 +11,17 @@ a run killed mid-save leaves the previous checkpoint intact. Restoring places
 every array with the sharding of the abstract target, which may be a
 different mesh.
 
-Integrity: restoring verifies the checksums (checkpoints written before they
-existed are taken as they are) and refuses arrays that are not finite.
-`newest_intact` falls back from a checkpoint that cannot be read or fails its
-checksums to the newest one that passes, logging which and why; training
-moves the failed ones out of orbax's way, to <workdir>/unreadable_checkpoints/
-(nothing is deleted). `save` refuses a train state with a non-finite value, so
-rotation (train.max_checkpoints) never removes the last finite checkpoint.
+Integrity: restoring verifies the checksums and refuses arrays that are not
+finite. A checkpoint without checksums (written before they existed, or whose
+`checksums` item is gone) is taken as it is, with a warning that it is
+unverified, or passed over when the caller requires checksums. Any failure
+to read a checkpoint (a damaged or missing file or item, a config field of
+the wrong type) is a CorruptCheckpoint: `newest_intact` falls back from such
+a checkpoint, or one that fails its checksums, to the newest one that passes,
+logging which and why; training moves the failed ones out of orbax's way, to
+<workdir>/unreadable_checkpoints/ (nothing is deleted). `save` refuses a train
+state with a non-finite value, so rotation (train.max_checkpoints) never
+removes the last finite checkpoint.
 """
 
 import contextlib
@@ -37,9 +41,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import nnx
 from jax.experimental import multihost_utils
 
-from diffusion_lm import config_base, errors, workdir_lock
+from diffusion_lm import config_base, errors, models, workdir_lock
 from diffusion_lm.data import tokenizers
 
 CHECKSUMS = "checksums"
@@ -50,7 +55,8 @@ _T = TypeVar("_T")
 
 
 class CorruptCheckpoint(ValueError):
-  """A checkpoint whose contents differ from the checksums saved with it."""
+  """A checkpoint that cannot be read, or whose contents differ from the
+  checksums saved with it."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -157,13 +163,35 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator,
 # ------------------------------------------------------------------ Restore
 
 
+def _unreadable(error: Exception, doing: str) -> CorruptCheckpoint:
+  """`error`, raised while `doing` something with a checkpoint, as a
+  CorruptCheckpoint that gives its root cause (orbax wraps tensorstore's read
+  errors in a bare Exception). An interrupt inside it is raised again, never
+  swallowed."""
+  cause = error
+  while cause.__cause__ is not None:
+    cause = cause.__cause__
+  if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+    raise cause
+  corrupt = CorruptCheckpoint(f"{doing}: {type(cause).__name__}: {cause}")
+  corrupt.__cause__ = error
+  return corrupt
+
+
 def _saved_items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
-  return {p.name for p in (mngr.directory / str(step)).iterdir()}
+  try:
+    return {p.name for p in (mngr.directory / str(step)).iterdir()}
+  except OSError as e:
+    raise _unreadable(e, "listing its items") from e
 
 
 def _is_orphaned_read(unraisable) -> bool:
-  return (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed")
+  """'Event loop is closed', or a read coroutine closed unfinished (orbax
+  wraps even the GeneratorExit that closes it in an Exception)."""
+  error = unraisable.exc_value
+  return ((isinstance(error, RuntimeError)
+           and str(error) == "Event loop is closed")
+          or isinstance(error.__cause__, GeneratorExit))
 
 
 def _orphaned_log(record) -> bool:
@@ -172,39 +200,58 @@ def _orphaned_log(record) -> bool:
        "Task exception was never retrieved"))
 
 
-@contextlib.contextmanager
-def _quiet_orphaned_reads():
+class _OrphanedReads:
   """When one read of a damaged checkpoint fails, orbax's other reads still
-  in flight fail too, as noise, during the restore and later: 'Event loop is
-  closed' (unraisable exceptions) and asyncio's 'Future (or Task) exception
-  was never retrieved' (the same error again). Both are dropped during a restore, and
-  from then on once one has failed; anything else is reported as before."""
-  previous, asyncio_log = sys.unraisablehook, std_logging.getLogger("asyncio")
-  sys.unraisablehook = lambda u: None if _is_orphaned_read(u) else previous(u)
-  asyncio_log.addFilter(_orphaned_log)
-  failed = True
-  try:
-    yield
-    failed = False
-  finally:
-    if not failed:
-      sys.unraisablehook = previous
-      asyncio_log.removeFilter(_orphaned_log)
+  in flight fail too, as noise, during the restore and later: unraisable
+  exceptions (_is_orphaned_read) and asyncio's 'Future (or Task) exception
+  was never retrieved' (the same error again). `quiet()` drops both during a
+  restore and, once a restore has failed, for the rest of the process (its
+  orphaned reads go on failing); anything else is reported as before."""
+
+  def __init__(self):
+    self._previous_hook = None  # sys.unraisablehook before ours.
+    self._for_good = False  # A restore has failed: the filters stay.
+
+  def _hook(self, unraisable) -> None:
+    if not _is_orphaned_read(unraisable):
+      self._previous_hook(unraisable)
+
+  @contextlib.contextmanager
+  def quiet(self):
+    if self._for_good:
+      yield
+      return
+    asyncio_log = std_logging.getLogger("asyncio")
+    self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
+    asyncio_log.addFilter(_orphaned_log)
+    try:
+      yield
+    except Exception:
+      self._for_good = True
+      raise
+    finally:
+      if not self._for_good:
+        asyncio_log.removeFilter(_orphaned_log)
+        if sys.unraisablehook == self._hook:  # Unless replaced meanwhile.
+          sys.unraisablehook = self._previous_hook
+
+
+_ORPHANED_READS = _OrphanedReads()
 
 
 def _restore(mngr: ocp.CheckpointManager, step: int,
              items: dict) -> ocp.args.Composite:
-  """mngr.restore of these items, the JSON checksums with them when saved.
-  With several processes, a failure on one is a failure on all (so that
-  they fall back together)."""
+  """mngr.restore of these items, the JSON checksums with them when saved;
+  a failure is a CorruptCheckpoint. With several processes, a failure on one
+  is a failure on all (so that they fall back together)."""
   if CHECKSUMS in _saved_items(mngr, step):
     items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
   restored, error = None, None
   try:
-    with _quiet_orphaned_reads():
+    with _ORPHANED_READS.quiet():
       restored = mngr.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, OSError, KeyError) as e:
-    error = e
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    error = _unreadable(e, f"reading {', '.join(items)}")
   if jax.process_count() > 1:
     failed = multihost_utils.process_allgather(np.int32(error is not None))
     if error is None and np.any(failed):
@@ -214,12 +261,22 @@ def _restore(mngr: ocp.CheckpointManager, step: int,
   return restored
 
 
+def _saved_checksums(restored: ocp.args.Composite, part: str) -> dict:
+  """The saved checksums' `part` ('arrays' or 'json'); {} without them."""
+  if CHECKSUMS not in restored:
+    return {}
+  saved = restored[CHECKSUMS]
+  if not (isinstance(saved, dict) and isinstance(saved.get(part), dict)):
+    raise CorruptCheckpoint(f"its checksums have no {part!r} entry")
+  return saved[part]
+
+
 def _verify(mngr, step: int, restored: ocp.args.Composite,
             arrays: dict) -> None:
   """Raises CorruptCheckpoint when `arrays` (restored items) differ from
   their saved checksums, a UserError when they are not finite."""
   checksums, nonfinite = fingerprint(arrays)
-  saved = restored[CHECKSUMS]["arrays"] if CHECKSUMS in restored else {}
+  saved = _saved_checksums(restored, "arrays")
   for name, sums in checksums.items():
     differ = [name + path for path, checksum in sums.items()
               if name in saved and saved[name].get(path) != checksum]
@@ -232,43 +289,87 @@ def _verify(mngr, step: int, restored: ocp.args.Composite,
         "it was saved; use an earlier step")
 
 
+def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
+           dropped: list[str]) -> None:
+  """Sets the fields of `group` (a config or one of its groups) from
+  `saved`, its JSON, group by group; the fields it does not know go to
+  `dropped`. A value of another type than the field's is a
+  CorruptCheckpoint."""
+  for name, value in saved.items():
+    field = f"{path}{name}"
+    if name not in group:
+      dropped.append(field)
+    elif isinstance(group[name], ml_collections.ConfigDict):
+      if not isinstance(value, dict):
+        raise CorruptCheckpoint(f"its config field {field} is {value!r}: "
+                                "expected a group of fields, found "
+                                f"{type(value).__name__}")
+      _merge(group[name], value, field + ".", dropped)
+    else:
+      try:
+        group[name] = value
+      except TypeError as e:  # ConfigDict keeps each field's type.
+        raise CorruptCheckpoint(
+            f"its config field {field} is {value!r}: expected "
+            f"{type(group[name]).__name__}, found {type(value).__name__}"
+        ) from e
+
+
 def _merged_config(saved: dict, step: int) -> ml_collections.ConfigDict:
   """The saved config over today's defaults (config_base): a field added
   since takes its default; a saved field that no longer exists is dropped
-  with a warning."""
-  config = config_base.base_config()
-  dropped = []
-  for group, fields in saved.items():
-    for name, value in fields.items():
-      if group in config and name in config[group]:
-        config[group][name] = value
-      else:
-        dropped.append(f"{group}.{name}")
+  with a warning; one of the wrong type is a CorruptCheckpoint."""
+  if not isinstance(saved, dict):
+    raise CorruptCheckpoint(f"its config is a {type(saved).__name__}, not a "
+                            "dict of groups")
+  config, dropped = config_base.base_config(), []
+  _merge(config, saved, "", dropped)
   if dropped:
     logging.warning("The checkpoint at step %d has config fields this version "
                     "does not know (ignored): %s", step, ", ".join(dropped))
   return config
 
 
-def restore_metadata(mngr: ocp.CheckpointManager, step: int):
+def restore_metadata(mngr: ocp.CheckpointManager, step: int,
+                     require_checksums: bool = False):
   """(config, tokenizer) saved with the checkpoint at `step`, checked against
-  their checksums; the config over today's defaults (_merged_config)."""
+  their checksums; the config over today's defaults (_merged_config).
+
+  A checkpoint without checksums is used unverified, with a warning naming
+  it; with require_checksums it is a CorruptCheckpoint.
+  """
   restored = _restore(mngr, step, {"config": ocp.args.JsonRestore(),
                                    "tokenizer": ocp.args.JsonRestore()})
-  if CHECKSUMS in restored:
-    for name, digest in restored[CHECKSUMS]["json"].items():
-      if _digest(restored[name]) != digest:
-        raise CorruptCheckpoint(f"{name} differs from its checksum")
-  return (_merged_config(restored["config"], step),
-          tokenizers.from_json(restored["tokenizer"]))
+  if CHECKSUMS not in restored:
+    if require_checksums:
+      raise CorruptCheckpoint("it has no checksums, and verified checkpoints "
+                              "are required")
+    logging.warning("The checkpoint at step %d in %s has no checksums: it is "
+                    "used unverified.", step, mngr.directory)
+  for name, digest in _saved_checksums(restored, "json").items():
+    if _digest(restored[name]) != digest:
+      raise CorruptCheckpoint(f"{name} differs from its checksum")
+  config = _merged_config(restored["config"], step)
+  try:
+    tokenizer = tokenizers.from_json(restored["tokenizer"])
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise CorruptCheckpoint(f"its tokenizer cannot be rebuilt: {e}") from e
+  try:  # Saved values this version cannot build a model from.
+    models.TransformerConfig.from_config(config.model, tokenizer.vocab_size)
+  except errors.UserError as e:
+    raise CorruptCheckpoint(f"its model config is not valid: {e}") from e
+  return config, tokenizer
 
 
 def restore_train_state(mngr: ocp.CheckpointManager, step: int,
                         target: dict) -> dict:
   """The train state at `step`, placed as `target` (ShapeDtypeStructs with
-  shardings) says and verified."""
+  shardings) says and verified. Items newer than the checkpoint
+  (_ADDED_ITEMS) start as zeros; an EMA it lacks (train.ema_decay switched
+  on since) starts from its parameters."""
   saved = _saved_items(mngr, step)
-  missing = [n for n in target if n not in saved and n not in _ADDED_ITEMS]
+  missing = [n for n in target
+             if n not in saved and n not in (*_ADDED_ITEMS, "ema")]
   if missing:
     raise CorruptCheckpoint(f"no item {_listed(missing)}")
   names = [n for n in target if n in saved]
@@ -276,9 +377,17 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int,
                                    for n in names})
   arrays = {n: restored[n] for n in names}
   _verify(mngr, step, restored, arrays)
-  return {n: arrays[n] if n in arrays else jax.tree.map(
-      lambda t: jnp.zeros(t.shape, t.dtype, device=t.sharding), target[n])
-          for n in target}
+
+  def absent(name):
+    if name == "ema":
+      logging.warning("The checkpoint at step %d has no EMA of the parameters "
+                      "(train.ema_decay was 0): the EMA starts from its "
+                      "parameters.", step)
+      return jax.tree.map(jnp.copy, arrays["params"])  # Donated apart.
+    return jax.tree.map(
+        lambda t: jnp.zeros(t.shape, t.dtype, device=t.sharding), target[name])
+
+  return {n: arrays[n] if n in arrays else absent(n) for n in target}
 
 
 def restore_data_position(mngr: ocp.CheckpointManager, step: int,
@@ -341,17 +450,16 @@ def newest_intact(mngr: ocp.CheckpointManager, restore: Callable[[int], _T],
   """(step, restore(step)) for the first of `steps` that restores intact,
   and the steps before it that did not (each logged with why).
 
-  A checkpoint that cannot be read or fails its checksums is passed over; a
-  UserError (a tokenizer mismatch, non-finite values) stops the search.
+  A CorruptCheckpoint (one that cannot be read or fails its checksums) is
+  passed over; anything else, a UserError (a tokenizer mismatch, non-finite
+  values) included, stops the search.
   """
   failures = []
   for step in steps:
     try:
       value = restore(step)
-    except errors.UserError:
-      raise
-    except (ValueError, OSError, KeyError) as e:
-      reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    except CorruptCheckpoint as e:
+      reason = " ".join(str(e).split())[:300]
       logging.warning("The checkpoint at step %d in %s cannot be used: %s",
                       step, mngr.directory, reason)
       failures.append((step, reason))
@@ -373,21 +481,33 @@ def saved_data_position(mngr: ocp.CheckpointManager, step: int) -> bool:
   return (mngr.directory / str(step) / "data" / name).exists()
 
 
-def check_layout(saved_model, model_config, step: int, directory) -> None:
-  """Refuses to resume a checkpoint saved with another model.scan_layers:
-  its parameters are laid out otherwise (per block, or stacked)."""
-  if saved_model.scan_layers != model_config.scan_layers:
-    raise errors.UserError(
-        f"the checkpoint at step {step} in {directory} was saved with "
-        f"model.scan_layers={saved_model.scan_layers} (its blocks' "
-        f"parameters {'stacked' if saved_model.scan_layers else 'per block'})"
-        f" but this run has model.scan_layers={model_config.scan_layers}: "
-        f"resume with --config.model.scan_layers={saved_model.scan_layers}, "
-        "or start a new --workdir")
+def check_model(saved_model, model_config, target_params, vocab_size: int,
+                step: int, directory) -> None:
+  """Refuses to resume a checkpoint whose parameters have other shapes or
+  another layout (model.scan_layers) than this run's (`target_params`),
+  naming the model fields that differ from the checkpoint's."""
+  _, abstract = models.abstract_model(
+      models.TransformerConfig.from_config(saved_model, vocab_size))
+
+  def shapes(params):
+    return jax.tree.map(lambda x: x.shape, params)
+
+  if shapes(nnx.to_pure_dict(abstract)) == shapes(target_params):
+    return
+  differ = [k for k in model_config if saved_model[k] != model_config[k]]
+  raise errors.UserError(
+      f"the checkpoint at step {step} in {directory} was saved with "
+      + ", ".join(f"model.{k}={saved_model[k]!r} (this run: "
+                  f"{model_config[k]!r})" for k in differ)
+      + ": its parameters have other shapes or layout than this run's; "
+      "resume with "
+      + " ".join(f"--config.model.{k}={saved_model[k]}" for k in differ)
+      + " (the checkpoint's values), or start a new --workdir")
 
 
 def resume(mngr: ocp.CheckpointManager, target: dict,
-           data_iterator: Callable[[int], object], tokenizer, model_config
+           data_iterator: Callable[[int], object], tokenizer, model_config,
+           require_checksums: bool = False
            ) -> tuple[int, dict, object] | None:
   """(step, train state, data iterator) of the newest intact checkpoint, or
   None when there is none.
@@ -396,17 +516,23 @@ def resume(mngr: ocp.CheckpointManager, target: dict,
   order the state's data_order names; it is moved to its saved position
   when saved_data_position. Otherwise (the job had another number of
   processes) the order restarts, seeded by the step, and data_order records
-  that. Newer checkpoints that failed go to <workdir>/unreadable_checkpoints/
+  that. A checkpoint of another model (check_model) or tokenizer is an
+  error; with require_checksums, one without checksums is passed over.
+  Newer checkpoints that failed go to <workdir>/unreadable_checkpoints/
   (process 0 moves them), so that training can save those steps again.
   """
   if mngr.latest_step() is None:
     return None
 
   def restore(step):
-    saved_config, saved_tokenizer = restore_metadata(mngr, step)
-    check_layout(saved_config.model, model_config, step, mngr.directory)
+    saved_config, saved_tokenizer = restore_metadata(mngr, step,
+                                                     require_checksums)
     # Before any text is encoded with a tokenizer it may refuse.
     check_tokenizer(saved_tokenizer, tokenizer, step, mngr.directory)
+    check_model(saved_config.model, model_config, target["params"],
+                tokenizer.vocab_size, step, mngr.directory)
+    if not any((mngr.directory / str(step) / "data").glob("process_*.json")):
+      raise CorruptCheckpoint("no data position (item data)")
     state = restore_train_state(mngr, step, target)
     if saved_data_position(mngr, step):
       iterator = data_iterator(int(state["data_order"]["seed_offset"]))

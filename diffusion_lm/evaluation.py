@@ -198,11 +198,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   mesh = parallel.make_mesh(config.mesh)
   lm = api.load(workdir, mesh=mesh, data_dir=config.data.data_dir,
                 files=config.data.files)
-  for field, value in config.data.items():
-    if field not in api.DATA_LOCATIONS and value != lm.config.data[field]:
+  # As plain values: a group (a ConfigDict) never equals a dict, nor a
+  # locked or frozen copy of itself.
+  given, saved = config.data.to_dict(), lm.config.data.to_dict()
+  for field, value in given.items():
+    if field not in api.DATA_LOCATIONS and value != saved[field]:
       logging.warning("data.%s: evaluating with the checkpoint's %r (the "
-                      "model's data), not %r", field, lm.config.data[field],
-                      value)
+                      "model's data), not %r", field, saved[field], value)
   run_config = lm.config.copy_and_resolve_references()
   run_config.update({"eval": config.eval, "mesh": config.mesh})
   validation.check(run_config, **devices)  # The split of the model's corpus.

@@ -4,14 +4,15 @@
   python -m diffusion_lm.sample --workdir=runs/quickstart --sampler=threshold \\
       --threshold=0.9 --show_steps
 
-Config and tokenizer come from the checkpoint (the newest intact one); flags
-left unset take the config's `sample` defaults, and the config with the flags
-set is checked whole (validation.check) before sampling. Every option of
-samplers.SamplerOptions is a flag
-(`--steps`, `--threshold`, `--gamma`, `--eta`, ...); passing one the sampler
-does not read is an error. Prints the samples, then network calls per
-generated token, tokens/s and the wall time. --output writes one JSON object
-per sample (JSONL), all at once when sampling is done.
+Config and tokenizer come from the checkpoint (the newest intact one;
+--require_checksums passes over one without checksums too); flags left unset
+take the config's `sample` defaults, and the config with the flags set is
+checked whole (validation.check) before sampling. Every option of
+samplers.SamplerOptions is a flag (`--steps`, `--threshold`, `--gamma`,
+`--eta`, ...); passing one the sampler does not read is an error. Prints
+the samples, then network calls per generated token, tokens/s and the wall
+time. --output writes one JSON object per sample (JSONL), all at once when
+sampling is done.
 """
 
 import dataclasses
@@ -36,6 +37,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write samples here as JSONL.")
 _SHOW_STEPS = flags.DEFINE_bool(
     "show_steps", False, "Print the first sample as it is filled in: its "
     "committed tokens after every loop iteration that committed any.")
+_REQUIRE_CHECKSUMS = flags.DEFINE_bool(
+    "require_checksums", False, "Sample only from a checkpoint verified "
+    "against its checksums: one without them (an old one, or one whose "
+    "checksums item is lost) is passed over like a damaged one.")
 _TIMED_RUNS = flags.DEFINE_integer(
     "timed_runs", 0, "Sample this many more times after the first (which "
     "compiles) and report tokens/s from their median.", lower_bound=0)
@@ -60,16 +65,29 @@ def show_steps(tokenizer, tokens_L, commit_step_L) -> None:
     print(f"--- iteration {it}: {np.sum(commit_step_L == it)} committed ---\n{text}")
 
 
-def main():
-  if not os.path.isdir(_WORKDIR.value):
-    raise errors.UserError(f"--workdir={_WORKDIR.value} does not exist")
-  output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
+def check_paths(workdir: str, output: str | None) -> None:
+  """Refuses a --workdir that is not a directory and an --output that
+  cannot be written as a file, before anything is loaded."""
+  if not os.path.isdir(workdir):
+    problem = ("is not a directory" if os.path.exists(workdir)
+               else "does not exist")
+    raise errors.UserError(f"--workdir={workdir} {problem}")
+  if not output:
+    return
+  if os.path.isdir(output):
+    raise errors.UserError(f"--output={output} is a directory; give the path "
+                           "of the JSONL file to write")
+  output_dir = os.path.dirname(os.path.abspath(output))
   if not os.path.isdir(output_dir):
-    raise errors.UserError(f"--output={_OUTPUT.value}: the directory "
-                           f"{output_dir} does not exist")
+    raise errors.UserError(f"--output={output}: the directory {output_dir} "
+                           "does not exist")
+
+
+def main():
+  check_paths(_WORKDIR.value, _OUTPUT.value)
   from diffusion_lm import api  # pylint: disable=g-import-not-at-top
   options = {name: flag.value for name, flag in _OPTIONS.items()}
-  lm = api.load(_WORKDIR.value)
+  lm = api.load(_WORKDIR.value, require_checksums=_REQUIRE_CHECKSUMS.value)
   # The checkpoint's config with the sampler flags; prompt_template checks
   # --num_samples and --length.
   config = lm.config.copy_and_resolve_references()
