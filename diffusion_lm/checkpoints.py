@@ -45,7 +45,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from diffusion_lm import config_base, errors, models, workdir_lock
-from diffusion_lm.data import tokenizers
+from diffusion_lm.data import pipeline, tokenizers
 
 CHECKSUMS = "checksums"
 UNREADABLE = "unreadable_checkpoints"  # In the workdir: failed checkpoints.
@@ -392,9 +392,26 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int,
 
 def restore_data_position(mngr: ocp.CheckpointManager, step: int,
                           data_iterator) -> None:
-  """Moves the data iterator to where it was at `step` (this process's
-  position: saved_data_position)."""
-  _restore(mngr, step, {"data": grain.checkpoint.CheckpointRestore(data_iterator)})
+  """Moves the data iterator to where it was at `step`: every process's
+  saved position merged (pipeline.merge_positions), so that a job resumes on
+  any number of processes. pipeline.PositionMismatch: the position is not
+  one of this run's batches (another train.batch_size)."""
+  try:
+    files = sorted((mngr.directory / str(step) / "data").glob(
+        "process_*-of-*.json"))
+    states = [json.loads(f.read_text()) for f in files]
+  except (OSError, ValueError) as e:
+    raise _unreadable(e, "reading data") from e
+  if not files or len(files) != int(
+      files[0].name.split("-of-")[1].removesuffix(".json")):
+    raise CorruptCheckpoint("no data position, or not every process's "
+                            "(item data)")
+  try:
+    data_iterator.set_state(pipeline.merge_positions(states))
+  except pipeline.PositionMismatch:
+    raise
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise _unreadable(e, "reading data") from e
 
 
 def check_tokenizer(saved, tokenizer, step: int, directory) -> None:
@@ -473,14 +490,6 @@ def newest_intact(mngr: ocp.CheckpointManager, restore: Callable[[int], _T],
       + "; ".join(f"step {s}: {r}" for s, r in failures))
 
 
-def saved_data_position(mngr: ocp.CheckpointManager, step: int) -> bool:
-  """Whether the checkpoint holds this process's data position: it was
-  saved by a job with as many processes as this one (each process reads its
-  own share of the documents, so positions do not carry over otherwise)."""
-  name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-  return (mngr.directory / str(step) / "data" / name).exists()
-
-
 def check_model(saved_model, model_config, target_params, vocab_size: int,
                 step: int, directory) -> None:
   """Refuses to resume a checkpoint whose parameters have other shapes or
@@ -513,11 +522,12 @@ def resume(mngr: ocp.CheckpointManager, target: dict,
   None when there is none.
 
   data_iterator(seed_offset) makes the training data's iterator in the
-  order the state's data_order names; it is moved to its saved position
-  when saved_data_position. Otherwise (the job had another number of
-  processes) the order restarts, seeded by the step, and data_order records
-  that. A checkpoint of another model (check_model) or tokenizer is an
-  error; with require_checksums, one without checksums is passed over.
+  order the state's data_order names, moved to its saved position (whatever
+  the number of processes that saved it). A position of other batches
+  (another train.batch_size) does not apply: the order restarts, seeded by
+  the step, and data_order records that. A checkpoint of another model
+  (check_model) or tokenizer is an error; with require_checksums, one
+  without checksums is passed over.
   Newer checkpoints that failed go to <workdir>/unreadable_checkpoints/
   (process 0 moves them), so that training can save those steps again.
   """
@@ -531,17 +541,16 @@ def resume(mngr: ocp.CheckpointManager, target: dict,
     check_tokenizer(saved_tokenizer, tokenizer, step, mngr.directory)
     check_model(saved_config.model, model_config, target["params"],
                 tokenizer.vocab_size, step, mngr.directory)
-    if not any((mngr.directory / str(step) / "data").glob("process_*.json")):
-      raise CorruptCheckpoint("no data position (item data)")
     state = restore_train_state(mngr, step, target)
-    if saved_data_position(mngr, step):
-      iterator = data_iterator(int(state["data_order"]["seed_offset"]))
+    iterator = data_iterator(int(state["data_order"]["seed_offset"]))
+    try:
       restore_data_position(mngr, step, iterator)
       return state, iterator
-    logging.warning(
-        "The checkpoint at step %d was saved by a job with another number of "
-        "processes: its data positions do not apply to this one's. The data "
-        "stream starts afresh in a new order (seeded by the step).", step)
+    except pipeline.PositionMismatch as e:
+      logging.warning(
+          "The data position saved at step %d does not apply to this run (%s): "
+          "the data stream starts afresh in a new order (seeded by the step).",
+          step, e)
     state["data_order"] = {"seed_offset": jax.make_array_from_callback(
         (), target["data_order"]["seed_offset"].sharding,
         lambda _: np.int32(step))}  # Each process places its own shards.

@@ -103,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
       eval_every=500,  # On eval.batches_during_training validation batches.
       checkpoint_every=500,
       max_checkpoints=2,
+      # True: resume (and --mode=eval) only from checkpoints verified against
+      # their checksums; one without them is passed over like a damaged one.
+      require_checksums=False,
       # A step whose loss or gradient is not finite (NaN, inf) stops the run
       # (no such state is saved); True: the step keeps the old parameters
       # and optimizer state instead, counted in train/skipped_steps.

@@ -343,7 +343,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
   mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
   resumed = checkpoints.resume(mngr, training.state_target, train_data,
-                               tokenizer, config.model)
+                               tokenizer, config.model,
+                               config.train.require_checksums)
   tokenizers.check_documents(tokenizer,
                              corpora.builder(config.data).documents())
   if resumed:

@@ -161,6 +161,7 @@ FIELDS: dict[str, Rule] = {
     "train.eval_every": _int(1),
     "train.checkpoint_every": _int(1),
     "train.max_checkpoints": _int(1),
+    "train.require_checksums": _BOOL,
     "train.skip_nonfinite_steps": _BOOL,
     "train.microbatches": _int(1),
     "train.profile_steps": (

@@ -136,7 +136,7 @@ TRAINING_DAMAGE = {
                               "params, checksums: JSONDecodeError"),
     "no data position": (delete_item("data"), "no data position"),
     "garbled data position": (on_files("data/process_0-of-1.json", garble),
-                              "reading data, checksums: JSONDecodeError"),
+                              "reading data: JSONDecodeError"),
 }
 
 

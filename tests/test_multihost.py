@@ -106,13 +106,10 @@ def test_two_processes_train_stop_and_resume_as_one_job(flags, tmp_path):
   # 1 process, 2 devices, parameters sharded (fsdp) instead of replicated.
   result = main(flags, workdir, 2, "--config.mesh.fsdp=2")
   assert result.returncode == 0, result.stderr[-3000:]
-  # Its data stream restarts in a new order: the steps after the checkpoint
-  # train on other rows than the reference's.
-  assert "another number of processes" in result.stderr
   resumed = losses(workdir)
   assert sorted(resumed) == sorted(one)
-  for step in range(2, saved[0] + 1, 2):
-    assert resumed[step] == pytest.approx(one[step], rel=1e-5), step
+  for step, loss in resumed.items():
+    assert loss == pytest.approx(one[step], rel=1e-5), step
 
 
 def test_two_processes_prepare_the_corpus_and_train_the_tokenizer_once(

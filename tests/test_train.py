@@ -1,5 +1,6 @@
 """The pieces of the training loop: optimizer, schedule, EMA, logging."""
 
+import json
 import shutil
 
 import jax
@@ -122,7 +123,7 @@ def test_old_checkpoint_configs_take_todays_defaults(tiny_config, tmp_path):
 
 
 def test_a_restarted_data_order_survives_the_next_resume(tiny_config, tmp_path):
-  # Bug caught: after a resume with another number of processes the data
+  # Bug caught: after a resume whose data position does not apply the data
   # stream restarts in a new order, but a later resume rebuilt the original
   # order and moved it to the new order's position (other batches, so other
   # losses than the run that was not stopped).
@@ -141,9 +142,11 @@ def test_a_restarted_data_order_survives_the_next_resume(tiny_config, tmp_path):
 
   first = tmp_path / "first"
   train.train_and_evaluate(tiny_config, str(first))
-  # As if a job of 2 processes had saved step 4: its positions do not apply.
-  data = first / "checkpoints" / "4" / "data"
-  (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+  # As if step 4 had been saved with another train.batch_size: its data
+  # position does not apply.
+  position = first / "checkpoints" / "4" / "data" / "process_0-of-1.json"
+  position.write_text(json.dumps({**json.loads(position.read_text()),
+                                  "batch_size": 2}))
   keep_only(first, 4)
   train.train_and_evaluate(tiny_config, str(first))  # New order from step 4.
   again = tmp_path / "again"
