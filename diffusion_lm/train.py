@@ -73,7 +73,8 @@ def init_state(model_cfg, optimizer, train_config) -> dict:
   health: the first step with a non-finite loss or gradient (0: none; the
   steps counted from 1) and the steps skipped for one; and data_order: the
   seed offset of the training data's order (pipeline.train_dataset), which
-  changes when a job resumes with another number of processes."""
+  changes when a job resumes from a data position that does not apply
+  (another train.batch_size)."""
   init_key, loop_key = jax.random.split(jax.random.PRNGKey(train_config.seed))
   params = models.init_params(model_cfg, init_key)
   state = {
