@@ -2,20 +2,26 @@
 
 For a row z (some tokens visible, the rest [MASK]) it returns, at every
 position, log p(x_i | the visible tokens) under the chain that wrote the
-corpus, computed by forward-backward over the row: with evidence
-e_i(a) = 1 where position i may hold symbol a (a [MASK], or that symbol),
+corpus, computed by forward-backward over the row. An order-k chain is an
+order-1 chain on k-tuples: state j is the k symbols ending at position
+k - 1 + j, T the chain on them, pi its stationary distribution. With
+evidence e_j(s) = 1 where the row allows state s (its newest symbol is
+[MASK] there or that symbol; the first state's k symbols all),
 
-  forward   f_0 = pi e_0,              f_i = (f_(i-1) T) e_i
-  backward  b_(n-1) = 1,               b_i = T (e_(i+1) b_(i+1))
-  posterior p(x_i = a | z) = f_i(a) b_i(a) / sum_a' f_i(a') b_i(a')
+  forward   f_0 = pi e_0,              f_j = (f_(j-1) T) e_j
+  backward  b_last = 1,                b_j = T (e_(j+1) b_(j+1))
+  posterior p(s_j = s | z) = f_j(s) b_j(s) / sum_s' f_j(s') b_j(s')
 
-(each message renormalised, which leaves the ratio unchanged). A sampler run
-with it in place of the network shows the sampler's own error, the model's
-left out (benchmarks/sampling.py --oracle).
+(each message renormalised, which leaves the ratio unchanged); a position's
+marginal sums the posterior of the state that ends there (the first k - 1
+positions: of the first state). A sampler run with it in place of the
+network shows the sampler's own error, the model's left out
+(benchmarks/sampling.py --oracle).
 
 Rows as the `markov` recipe writes them: one document of exactly
-`document_length` symbols from an order-1 chain, then EOS to the end of the
-row (`data.packing='pad'`).
+`document_length` symbols, then EOS to the end of the row
+(`data.packing='pad'`). The chain's arrays are float64 numpy: a jitted
+caller computes in float32, or in float64 under jax.enable_x64.
 """
 
 import dataclasses
@@ -43,6 +49,7 @@ class ChainDenoiser:
   `chain` holds the arrays (see `from_config`)."""
 
   document_length: int
+  order: int
   eos_id: int
   mask_id: int  # Also the number of tokens V.
 
@@ -51,29 +58,39 @@ class ChainDenoiser:
     return jax.vmap(lambda z_L: self._row(chain, z_L))(z_BxL)
 
   def _row(self, chain, z_L):
-    n = self.document_length
-    symbols_A, t_AxA = chain["symbol_ids"], chain["transitions"]
+    n, k = self.document_length, self.order
+    t_MxM = jnp.asarray(chain["transitions"])  # float64 only under enable_x64.
+    symbols_MxK = chain["state_symbols"]
     doc_N = z_L[:n]
     e_NxA = jnp.where((doc_N == self.mask_id)[:, None], 1.0,
-                      (doc_N[:, None] == symbols_A).astype(jnp.float32))
+                      doc_N[:, None] == chain["symbol_ids"]).astype(t_MxM.dtype)
+    # The evidence of each state: its newest symbol's; the first state's, all k.
+    e_JxM = e_NxA[k - 1:, symbols_MxK[:, -1]]
+    e_JxM = e_JxM.at[0].set(jnp.prod(e_NxA[jnp.arange(k), symbols_MxK], axis=-1))
 
-    def forward(f_A, e_A):
-      f_A = _normalised((f_A @ t_AxA) * e_A)
-      return f_A, f_A
+    def forward(f_M, e_M):
+      f_M = _normalised((f_M @ t_MxM) * e_M)
+      return f_M, f_M
 
-    def backward(b_A, e_A):  # b_(i+1), e_(i+1) -> b_i
-      b_A = _normalised(t_AxA @ (e_A * b_A))
-      return b_A, b_A
+    def backward(b_M, e_M):  # b_(j+1), e_(j+1) -> b_j
+      b_M = _normalised(t_MxM @ (e_M * b_M))
+      return b_M, b_M
 
-    f0_A = _normalised(chain["initial"] * e_NxA[0])
-    _, f_NxA = jax.lax.scan(forward, f0_A, e_NxA[1:])
-    ones_A = jnp.ones_like(f0_A)
-    _, b_NxA = jax.lax.scan(backward, ones_A, e_NxA[1:], reverse=True)
-    posterior_NxA = _normalised(jnp.concatenate([f0_A[None], f_NxA])
-                                * jnp.concatenate([b_NxA, ones_A[None]]))
+    f0_M = _normalised(chain["initial"] * e_JxM[0])
+    _, f_JxM = jax.lax.scan(forward, f0_M, e_JxM[1:])
+    ones_M = jnp.ones_like(f0_M)
+    _, b_JxM = jax.lax.scan(backward, ones_M, e_JxM[1:], reverse=True)
+    posterior_JxM = _normalised(jnp.concatenate([f0_M[None], f_JxM])
+                                * jnp.concatenate([b_JxM, ones_M[None]]))
+    # Marginals: the first state's first k - 1 symbols, then each newest one.
+    onehot_MxKxA = jax.nn.one_hot(symbols_MxK, len(chain["symbol_ids"]),
+                                  dtype=t_MxM.dtype)
+    posterior_NxA = jnp.concatenate([
+        jnp.einsum("m,mka->ka", posterior_JxM[0], onehot_MxKxA[:, :k - 1]),
+        posterior_JxM @ onehot_MxKxA[:, -1]])
 
-    logits_LxV = jnp.full((z_L.shape[0], self.mask_id), -jnp.inf)
-    logits_LxV = logits_LxV.at[:n, symbols_A].set(jnp.log(posterior_NxA))
+    logits_LxV = jnp.full((z_L.shape[0], self.mask_id), -jnp.inf, t_MxM.dtype)
+    logits_LxV = logits_LxV.at[:n, chain["symbol_ids"]].set(jnp.log(posterior_NxA))
     return logits_LxV.at[n:, self.eos_id].set(0.0)
 
 
@@ -82,14 +99,13 @@ def from_config(data_config, tokenizer) -> tuple[ChainDenoiser, dict]:
 
   Raises:
     errors.UserError: naming the data field when the rows are not one
-      fixed-length order-1 document each, padded with EOS.
+      fixed-length document each, padded with EOS.
   """
   params = markov.checked_params(data_config.markov)
-  n = params["document_length"]
+  n, k = params["document_length"], params["order"]
   problems = [
       (data_config.corpus != "markov", "data.corpus", data_config.corpus,
        "'markov'"),
-      (params["order"] != 1, "data.markov.order", params["order"], "1"),
       (params["min_document_length"] != 0, "data.markov.min_document_length",
        params["min_document_length"], "0 (documents of one fixed length)"),
       (data_config.packing != "pad", "data.packing", data_config.packing,
@@ -102,11 +118,12 @@ def from_config(data_config, tokenizer) -> tuple[ChainDenoiser, dict]:
       raise errors.UserError(
           f"the chain oracle needs {field} = {expected}, got {value!r}")
   transitions = markov.transition_matrix(params)
-  symbol_ids = [tokenizer.encode(chr(ord("a") + a)) for a in range(len(transitions))]
+  a = params["alphabet_size"]
   chain = {
-      "transitions": jnp.asarray(np.maximum(transitions, _FLOOR), jnp.float32),
-      "initial": jnp.asarray(markov.stationary_distribution(transitions, 1),
-                             jnp.float32),
-      "symbol_ids": jnp.asarray(np.concatenate(symbol_ids), jnp.int32),
+      "transitions": markov.state_transitions(np.maximum(transitions, _FLOOR), k),
+      "initial": markov.stationary_distribution(transitions, k),
+      "state_symbols": markov.state_symbols(a, k),
+      "symbol_ids": np.concatenate(
+          [tokenizer.encode(chr(ord("a") + i)) for i in range(a)]).astype(np.int32),
   }
-  return ChainDenoiser(n, tokenizer.eos_id, tokenizer.mask_id), chain
+  return ChainDenoiser(n, k, tokenizer.eos_id, tokenizer.mask_id), chain

@@ -89,14 +89,26 @@ def _next_states(states: np.ndarray, symbols: np.ndarray, a: int,
   return (states % a**(k - 1)) * a + symbols
 
 
-def stationary_distribution(transitions: np.ndarray, order: int) -> np.ndarray:
-  """pi over k-tuples with pi T = pi, T the chain on k-tuples (dense solve)."""
+def state_transitions(transitions: np.ndarray, order: int) -> np.ndarray:
+  """T [a**k, a**k], the chain on k-tuples: T[s, s'] = P(s' follows s)."""
   num_states, a = transitions.shape
   states = np.arange(num_states)
   t = np.zeros((num_states, num_states))
   t[states[:, None], _next_states(states[:, None], np.arange(a), a, order)] = transitions
+  return t
+
+
+def state_symbols(alphabet_size: int, order: int) -> np.ndarray:
+  """[a**k, k]: the symbols of each k-tuple state, oldest first."""
+  powers = alphabet_size**np.arange(order - 1, -1, -1)
+  return np.arange(alphabet_size**order)[:, None] // powers % alphabet_size
+
+
+def stationary_distribution(transitions: np.ndarray, order: int) -> np.ndarray:
+  """pi over k-tuples with pi T = pi, T the chain on k-tuples (dense solve)."""
+  num_states = len(transitions)
   # (T^T - I) pi = 0, with the last equation replaced by sum(pi) = 1.
-  system = t.T - np.eye(num_states)
+  system = state_transitions(transitions, order).T - np.eye(num_states)
   system[-1] = 1.0
   rhs = np.zeros(num_states)
   rhs[-1] = 1.0
@@ -127,13 +139,13 @@ def entropy_bits(params: Mapping) -> dict:
   pi = stationary_distribution(transitions, p["order"])
   rate = float(pi @ _entropy_terms(transitions).sum(axis=1))
   initial = float(_entropy_terms(pi).sum())
-  lengths = _lengths(p)
+  lengths = document_lengths(p)
   return {"entropy_rate_bits": rate, "initial_entropy_bits": initial,
           "document_entropy_bits": math.log2(len(lengths)) + initial
                                    + (np.mean(lengths) - p["order"]) * rate}
 
 
-def _lengths(p: dict) -> range:
+def document_lengths(p: dict) -> range:
   """The document lengths, equally likely."""
   return range(p["min_document_length"] or p["document_length"],
                p["document_length"] + 1)
@@ -147,19 +159,17 @@ def document_log2_probs(params: Mapping, docs) -> np.ndarray:
   transitions = _draw_chain(p)[1]
   log2_pi = np.log2(stationary_distribution(transitions, k))
   log2_t = np.log2(transitions)
-  lengths = _lengths(p)
+  lengths = document_lengths(p)
   bits = []
   for doc in docs:
     x = np.frombuffer(doc, np.uint8) - ord("a") if isinstance(doc, bytes) else (
         np.asarray(doc, np.int64))
     if len(x) not in lengths or x.min() < 0 or x.max() >= a:
       raise ValueError(f"not a document of this corpus: {doc!r}")
-    state = int(np.polyval(x[:k], a))  # Oldest symbol first.
-    total = -log2_pi[state] + math.log2(len(lengths))
-    for symbol in x[k:]:
-      total -= log2_t[state, symbol]
-      state = int(_next_states(state, symbol, a, k))
-    bits.append(total)
+    # The k-tuple ending at each position from k - 1 on, oldest symbol first.
+    states = np.lib.stride_tricks.sliding_window_view(x, k) @ a**np.arange(k - 1, -1, -1)
+    bits.append(math.log2(len(lengths)) - log2_pi[states[0]]
+                - log2_t[states[:-1], x[k:]].sum())
   return np.array(bits)
 
 
@@ -195,7 +205,7 @@ def documents(params: Mapping) -> list[np.ndarray]:
   if not p["min_document_length"]:
     return list(docs)
   rng = np.random.default_rng([p["seed"], 1])  # Independent of the symbols.
-  lengths = _lengths(p)
+  lengths = document_lengths(p)
   n = rng.integers(lengths.start, lengths.stop, size=len(docs))
   return [doc[:length] for doc, length in zip(docs, n)]
 
