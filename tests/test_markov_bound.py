@@ -17,7 +17,7 @@ from diffusion_lm.data import markov, pipeline
 
 CHAIN = dict(alphabet_size=4, order=1, concentration=0.3, num_documents=1200,
              document_length=31, min_document_length=0, seed=0)
-STEPS = 400
+STEPS = 600
 
 
 def unigram_entropy_bits(params) -> float:
