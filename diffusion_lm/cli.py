@@ -94,7 +94,8 @@ def _no_space(e: BaseException | None) -> str | None:
 def quiet_library_logs() -> None:
   """INFO lines from diffusion_lm only; other libraries (orbax, TFDS, grain)
   keep their warnings and errors, but not those of a write that found no
-  space (the command ends with one line saying so)."""
+  space (the command ends with one line saying so), nor the late callbacks
+  of its checkpoint's other writes."""
 
   def keep(record) -> bool:
     if record.exc_info and _no_space(record.exc_info[1]):
@@ -107,6 +108,18 @@ def quiet_library_logs() -> None:
 
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().python_handler.addFilter(keep)
+  sys.unraisablehook = _drop_late_tensorstore_callbacks
+
+
+def _drop_late_tensorstore_callbacks(unraisable) -> None:
+  """sys.unraisablehook without the tracebacks of tensorstore writes that
+  finish after orbax closed the event loop waiting for them, as it does when
+  another write of the same checkpoint failed (a full disk): that failure is
+  what the command reports, once."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and
+          str(error) == "Event loop is closed"):
+    sys.__unraisablehook__(unraisable)
 
 
 def _prepare_command(argv: list[str], data_dir: str) -> str:
