@@ -8,9 +8,9 @@ the whole test split, checkpoints and prints samples; then
 
   python -m diffusion_lm.sample --workdir=runs/quickstart --num_samples=4
 
-Expected on 2 CPU cores: about 10 minutes in all (the tokenizer 40 s,
-2,000 steps at about 15,500 tokens/s) and 1.83 bits per byte on the test
-split (an upper bound; the autoregressive twin reaches 1.33).
+Expected on 2 CPU cores: 10-15 minutes in all (the tokenizer 40 s, 2,000
+steps at 10,000-15,500 tokens/s) and 1.79 bits per byte on the test split
+(an upper bound; the autoregressive twin reached 1.33).
 
 What makes it learn this much in this budget (benchmarks/learning_curve.py,
 README "Learning per CPU-minute"): subword tokens (each position holds about
