@@ -13,7 +13,7 @@ steps at 10,000-15,500 tokens/s) and 1.79 bits per byte on the test split
 (an upper bound; the autoregressive twin reached 1.33).
 
 What makes it learn this much in this budget (benchmarks/learning_curve.py,
-README "Learning per CPU-minute"): subword tokens (each position holds about
+docs/results/learning.md): subword tokens (each position holds about
 3.5 bytes of text, so the same rows see 3.5x more of it); the input layer's
 local mixing (model.local_width), without which the denoiser has to
 discover where its neighbours are through attention alone; and 500 warmup

@@ -38,6 +38,7 @@ def model():
 TOKENS = jnp.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
 
 
+@pytest.mark.slow
 def test_causal_mask_leaks_nothing(model):
   # Bug caught: a bidirectional (or off-by-one) mask in the causal model.
   inputs = autoregressive.shifted_inputs(TOKENS, BOS)
@@ -48,6 +49,7 @@ def test_causal_mask_leaks_nothing(model):
     assert not np.allclose(before[:, j:], after[:, j:])
 
 
+@pytest.mark.slow
 def test_cached_decoding_gives_the_full_forwards_logits(model):
   # Bugs caught: keys written at the wrong cache position, rotary positions
   # off by the prompt's length, a mask that sees unwritten cache entries.
@@ -72,6 +74,7 @@ def greedy_by_full_forward(model, prompt, length):
   return tokens
 
 
+@pytest.mark.slow
 def test_generate_at_temperature_zero_is_the_greedy_continuation(model):
   # Bug caught: the loop feeding back the wrong token or position.
   graphdef, params = nnx.split(model)
@@ -121,6 +124,7 @@ def test_gaps_and_other_sampler_options_are_refused():
     autoregressive.check_options({"steps": 8, "temperature": None})
 
 
+@pytest.mark.slow
 def test_likelihood_on_a_markov_corpus_is_exact_and_near_the_truth(
     tiny_config, tmp_path):
   """Exact -log p of held-out documents: never far below what the chain
@@ -145,6 +149,7 @@ def test_likelihood_on_a_markov_corpus_is_exact_and_near_the_truth(
     lm.infill(["a", 3, "b"])
 
 
+@pytest.mark.slow
 def test_ar_variant_trains_on_the_same_batches(tiny_config):
   # Bug caught: the twin reading other data or another token budget.
   tiny_config.model.objective = "autoregressive"

@@ -57,6 +57,7 @@ def compiled_bytes(config, layout) -> int:
       training.step.lower(training.state_target, batch).compile())
 
 
+@pytest.mark.slow
 def test_memory_estimate_is_within_20_percent_of_the_compiled_step():
   # Catches: a term left out or counted per mesh instead of per device
   # (params, optimizer, activations of every row instead of this device's
@@ -78,6 +79,7 @@ def test_memory_estimate_is_within_20_percent_of_the_compiled_step():
   assert full < dots < none / 1.5
 
 
+@pytest.mark.slow
 def test_budget_command_line_says_what_to_change(tmp_path):
   # Catches: --mesh ignored (memory of one device), advice missing when the
   # step does not fit, a bad --mesh as a traceback instead of one line, the

@@ -42,6 +42,7 @@ def brute_force_marginals(data, template):
 # (order 2) a first state that ignores its older symbol's evidence or
 # marginals read off the wrong symbol of a state.
 @pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.slow
 def test_posterior_marginals_equal_brute_force(order):
   data = data_config(order=order)
   denoiser, chain = chain_oracle.from_config(data, TOKENIZER)
@@ -82,6 +83,7 @@ def sample_with_oracle(data, num_rows, **options):
 # Catches a replay that conditions a call's positions on each other (z with
 # the call's own positions visible: log q = 0) or on later ones, or that
 # masks positions committed before the call (log q of the marginals).
+@pytest.mark.slow
 def test_replay_of_first_hitting_with_the_exact_denoiser_is_the_chain():
   """One position per call in any order: q(x | order) = p(x) by the chain
   rule, for every document, not only on average."""
@@ -96,6 +98,7 @@ def test_replay_of_first_hitting_with_the_exact_denoiser_is_the_chain():
 # Catches a sampler whose one-call draws are not the product of the
 # marginals, a replay that is not that product, or a KL of the wrong sign or
 # base.
+@pytest.mark.slow
 def test_kl_of_committing_everything_at_once_matches_enumeration():
   """threshold 0.01 commits the whole row in its first call: q is the
   product of the marginals, and KL(q || p) can be summed over all 3^5

@@ -163,6 +163,7 @@ def assert_passed_over(log: str, steps: dict, used: int = 6):
   assert f"Using the checkpoint at step {used}, the newest intact one." in log
 
 
+@pytest.mark.slow
 def test_load_and_eval_pass_over_every_damage(run, tmp_path, caplog):
   # Catches: orbax's bare Exception (truncated, zeroed, deleted or flipped
   # arrays), a JSON error or a config field of the wrong type ending load or
@@ -185,6 +186,7 @@ def test_load_and_eval_pass_over_every_damage(run, tmp_path, caplog):
   assert len(os.listdir(os.path.join(workdir, "checkpoints"))) == 2 + len(steps)
 
 
+@pytest.mark.slow
 def test_resume_passes_over_every_damage_and_moves_it_aside(run, tmp_path,
                                                             caplog):
   # Catches: training stopping with a traceback at a damaged newest step, or
@@ -260,6 +262,7 @@ def test_resume_can_require_checksums(run, tmp_path):
   assert os.listdir(os.path.join(workdir, checkpoints.UNREADABLE)) == ["7"]
 
 
+@pytest.mark.slow
 def test_the_sample_command_passes_over_damage_and_unverified_steps(
     run, tmp_path):
   # Catches: a traceback from the sample command at a damaged step; its
@@ -274,6 +277,7 @@ def test_the_sample_command_passes_over_damage_and_unverified_steps(
   assert_passed_over(result.stderr, steps)
 
 
+@pytest.mark.slow
 def test_sample_paths_are_checked_first(run, tmp_path):
   # Catches: --output naming a directory failing after sampling, with a
   # traceback; a --workdir that is a file said not to exist.
@@ -288,6 +292,7 @@ def test_sample_paths_are_checked_first(run, tmp_path):
 # ----------------------------------------------- Resuming with another config
 
 
+@pytest.mark.slow
 def test_resuming_with_ema_switched_on_starts_it_from_the_parameters(
     run, tmp_path, caplog):
   # Catches: intact checkpoints without an EMA passed over as corrupt; an
@@ -359,6 +364,7 @@ def test_a_saved_config_is_merged_group_by_group_and_typed(caplog):
       checkpoints._merged_config(saved, step=5)
 
 
+@pytest.mark.slow
 def test_infill_gaps_are_checked(run):
   # Catches: a negative, bool or float gap raising a raw ValueError or
   # TypeError (or True taken as a gap of one).

@@ -79,6 +79,7 @@ def completed_steps(workdir):
   return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_the_uninterrupted_run(
     reference, corpus_glob, data_dir, tmp_path):
   proc = start(corpus_glob, data_dir, tmp_path)
@@ -90,6 +91,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(
   assert_same_run(str(tmp_path), reference[0])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resumes_exactly(
     reference, corpus_glob, data_dir, tmp_path):
   proc = start(corpus_glob, data_dir, tmp_path)
@@ -104,6 +106,7 @@ def test_sigterm_saves_a_checkpoint_and_resumes_exactly(
   assert_same_run(str(tmp_path), reference[0])
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_keeps_one_record_per_step(
     reference, corpus_glob, data_dir, tmp_path):
   # Bug caught: the final evaluation appended again to metrics.jsonl.
@@ -114,6 +117,7 @@ def test_rerunning_a_finished_run_keeps_one_record_per_step(
   assert metrics.read_jsonl(str(workdir)) == before
 
 
+@pytest.mark.slow
 def test_eval_mode_writes_the_bounds(reference, corpus_glob, data_dir):
   workdir, _ = reference
   run_module("diffusion_lm.main", *config_flags(
@@ -131,6 +135,7 @@ def test_eval_mode_writes_the_bounds(reference, corpus_glob, data_dir):
   assert abs(result["bits_per_byte"] - final[0]["eval/bits_per_byte"]) < 4 * error
 
 
+@pytest.mark.slow
 def test_sample_cli_prints_and_writes_jsonl(reference, tmp_path):
   workdir, _ = reference
   output = tmp_path / "samples.jsonl"
@@ -149,6 +154,7 @@ def test_sample_cli_prints_and_writes_jsonl(reference, tmp_path):
   assert calls == pytest.approx(sum(l["network_calls"] for l in lines) / 60, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_show_steps_prints_the_sequence_filling_in(reference):
   # Bug caught: frames that do not grow by exactly the committed tokens.
   result = run_module("diffusion_lm.sample", f"--workdir={reference[0]}",
@@ -163,6 +169,7 @@ def test_show_steps_prints_the_sequence_filling_in(reference):
   assert all(a - b == c for a, b, c in zip([12] + hidden, hidden, committed))
 
 
+@pytest.mark.slow
 def test_sampler_options_are_checked_against_the_sampler(reference):
   result = run_module("diffusion_lm.sample", f"--workdir={reference[0]}",
                       "--sampler=ancestral", "--gamma=0.5", check=False)
@@ -179,6 +186,7 @@ def assert_one_clear_error(result, *fragments):
     assert fragment in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_unknown_config_field_is_named(corpus_glob, data_dir, tmp_path):
   result = run_module("diffusion_lm.main", *config_flags(corpus_glob, data_dir),
                       "--config.train.stpes=3", f"--workdir={tmp_path / 'w'}",
@@ -187,6 +195,7 @@ def test_unknown_config_field_is_named(corpus_glob, data_dir, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_empty_glob_is_named(data_dir, tmp_path):
   pattern = str(tmp_path / "nothing" / "*.txt")
   result = run_module("diffusion_lm.main", *config_flags(pattern, data_dir),
@@ -195,6 +204,7 @@ def test_empty_glob_is_named(data_dir, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_sampling_needs_an_existing_workdir(tmp_path):
   result = run_module("diffusion_lm.sample", f"--workdir={tmp_path / 'nope'}",
                       check=False)
@@ -203,6 +213,7 @@ def test_sampling_needs_an_existing_workdir(tmp_path):
   assert_one_clear_error(result, "no checkpoint in")
 
 
+@pytest.mark.slow
 def test_prompt_longer_than_the_sample_is_refused(reference, tmp_path):
   output = tmp_path / "samples.jsonl"
   result = run_module("diffusion_lm.sample", f"--workdir={reference[0]}",
@@ -212,6 +223,7 @@ def test_prompt_longer_than_the_sample_is_refused(reference, tmp_path):
   assert not output.exists() and not (tmp_path / "samples.jsonl.tmp").exists()
 
 
+@pytest.mark.slow
 def test_resuming_with_another_tokenizer_is_refused(reference, corpus_glob,
                                                     data_dir, tmp_path):
   workdir = tmp_path / "copy"

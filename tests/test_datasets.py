@@ -384,6 +384,7 @@ def test_unprepared_download_is_refused_without_writing(tmp_path, corpus):
   assert not os.listdir(tmp_path)  # Nothing was downloaded or written.
 
 
+@pytest.mark.slow
 def test_command_lines_print_the_prepare_command_for_their_flags(tmp_path):
   # Bug caught: a prepare command that drops the user's --config or its
   # data overrides (the openwebtext builder depends on validation_documents).
@@ -401,6 +402,7 @@ def test_command_lines_print_the_prepare_command_for_their_flags(tmp_path):
       f"--config.eval.split=validation --config.data.data_dir={tmp_path}")
 
 
+@pytest.mark.slow
 def test_prepare_cli_prepares_text8_from_a_manual_dir(tmp_path):
   text = write_text8_zip(tmp_path / "manual", num_chars=250_000)
   data_dir = tmp_path / "tfds"

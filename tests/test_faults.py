@@ -148,6 +148,7 @@ def test_the_shipped_recipes_pass_the_check():
   validation.check(config_base.base_config())
 
 
+@pytest.mark.slow
 def test_a_bad_config_on_the_command_line_writes_nothing(corpus_glob, data_dir,
                                                          tmp_path):
   # Catches: bad values found after the workdir was half-written, or after training.
@@ -167,6 +168,7 @@ def test_a_bad_config_on_the_command_line_writes_nothing(corpus_glob, data_dir,
 # ------------------------------------------------------- Non-finite values
 
 
+@pytest.mark.slow
 def test_divergence_stops_at_the_step_and_keeps_the_last_finite_checkpoint(
     data_dir, corpus_glob, tmp_path):
   # Catches: a diverged run exiting 0 after rotating out its last finite checkpoint.
@@ -194,6 +196,7 @@ def nan_batch(config):
 
 
 @pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.slow
 def test_a_nonfinite_step_is_skipped_or_recorded(tiny_config, skip):
   # Catches: skip_nonfinite_steps applying or not counting a NaN update; a bad step unrecorded.
   tiny_config.train.update(skip_nonfinite_steps=skip, ema_decay=0.9)
@@ -226,6 +229,7 @@ def save_raw(workdir, step, params, config):
   mngr.wait_until_finished()
 
 
+@pytest.mark.slow
 def test_nonfinite_parameters_are_neither_saved_nor_evaluated_nor_sampled(
     run, tmp_path):
   # Catches: NaN parameters saved, or evaluated into NaN JSON, or sampled into NUL bytes.
@@ -260,6 +264,7 @@ def flip_bytes(workdir, step):
     f.write(data)
 
 
+@pytest.mark.slow
 def test_flipped_bytes_fall_back_to_the_previous_checkpoint_and_resume_exactly(
     run, tmp_path, caplog):
   # Catches: a damaged latest step stopping train/eval/sample; a fallback that resumes inexactly.
@@ -321,6 +326,7 @@ def test_damage_that_loads_is_caught_by_the_checksums(run, tmp_path, caplog,
 # ------------------------------------------------------ One run per workdir
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_workdir_is_refused_and_a_dead_ones_lock_taken(
     corpus_glob, data_dir, tmp_path, caplog):
   # Catches: two runs interleaving checkpoints in one workdir; a dead run's lock kept forever.
@@ -439,6 +445,7 @@ def test_api_edges_are_clear_errors(run):
   assert lm.score([]) == []
 
 
+@pytest.mark.slow
 def test_sampling_a_damaged_checkpoint_falls_back_without_a_traceback(
     run, tmp_path):
   # Catches: a 100-line orbax traceback although the previous checkpoint is intact.
@@ -451,6 +458,7 @@ def test_sampling_a_damaged_checkpoint_falls_back_without_a_traceback(
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_sample_output_in_a_missing_directory_is_refused_first(run, tmp_path):
   # Catches: a traceback after the samples were printed, with a .tmp file left behind.
   output = tmp_path / "missing" / "samples.jsonl"

@@ -227,6 +227,7 @@ def fake_gcloud(tmp_path):
 
 
 @pytest.mark.parametrize("exit_code", [0, 3])
+@pytest.mark.slow
 def test_tpu_run_streams_worker_log_and_deletes_after(fake_gcloud, exit_code):
   # Catches: the run's exit status lost on the way back (a failed run that
   # looks fine), output not streamed, --delete_after skipped or done before
@@ -271,6 +272,7 @@ def test_tpu_setup_uploads_this_checkout(fake_gcloud):
   assert all("--worker=all" in c for c in calls)
 
 
+@pytest.mark.slow
 def test_tpu_worker_stop_checkpoints_and_records_status(tmp_path):
   # Catches: `stop` killing only the wrapper (training never sees SIGTERM, no
   # checkpoint) or the wrapper dying with it (status 143 never recorded).
@@ -485,6 +487,7 @@ JAX_PSUM = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_local_jax_distributed_psum():
   # Catches: an environment that does not make one job (a missing or wrong
   # JAX_* variable, CPU collectives not set to gloo): the processes would

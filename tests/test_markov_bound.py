@@ -42,6 +42,7 @@ def train_on_markov(config, chain, workdir, **data) -> tuple[dict, list[bytes]]:
   return result, docs
 
 
+@pytest.mark.slow
 def test_bound_lies_above_the_test_documents_nll_and_approaches_it(
     tiny_config, tmp_path):
   # Bugs caught: any leak that lets the bound fall below the truth; a model
@@ -69,6 +70,7 @@ def variable_length_runs(tmp_path_factory, data_dir):
   return runs
 
 
+@pytest.mark.slow
 def test_padded_rows_pay_for_the_length(variable_length_runs):
   """Documents of random length in pad rows: the default bound includes the
   length's cost, log2(31) bits per document, so it cannot fall below
@@ -119,6 +121,7 @@ def order1_conditional_entropy_bits(params) -> float:
   return h(pair) - h(pair.sum(axis=1))
 
 
+@pytest.mark.slow
 def test_order2_context_is_learned_within_a_short_budget(tiny_config, tmp_path):
   """Documents much longer than a row, from an order-2 chain whose single
   neighbours say little (order-1 entropy 3.44, unigram 3.57, rate 2.30

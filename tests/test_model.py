@@ -33,6 +33,7 @@ def randomised(cfg, seed=0):
 TOKENS = jnp.array([[1, 2, 3, 4, 5, 11]], jnp.int32)  # 11 = [MASK]
 
 
+@pytest.mark.slow
 def test_logits_cover_the_vocabulary_but_not_mask():
   logits = randomised(CFG)(TOKENS)
   assert logits.shape == (1, 6, CFG.vocab_size) and logits.dtype == jnp.float32
@@ -65,6 +66,7 @@ def test_model_config_takes_exactly_the_config_fields():
 
 
 @pytest.mark.parametrize("cfg", [CFG, LOCAL], ids=["attention", "local_mixing"])
+@pytest.mark.slow
 def test_segment_ids_make_a_packed_row_equal_its_documents_alone(cfg):
   """With segment masking (and RoPE's relative positions) each document of a
   packed row gets the logits it gets on its own; without, it does not."""
@@ -92,6 +94,7 @@ def test_local_mixing_sees_exactly_k_neighbours():
     np.testing.assert_array_equal(moved, np.abs(np.arange(6) - j) <= 2)
 
 
+@pytest.mark.slow
 def test_time_conditioning_reads_the_mask_rate():
   model = randomised(TransformerConfig(**{**CFG.__dict__, "time_conditioning": True}))
   a = model(TOKENS, jnp.array([0.1]))
@@ -101,6 +104,7 @@ def test_time_conditioning_reads_the_mask_rate():
     model(TOKENS)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
   model = randomised(CFG)
   graphdef, params = nnx.split(model)
@@ -114,6 +118,7 @@ def test_bfloat16_compute_stays_close_to_float32():
   np.testing.assert_allclose(low, model(TOKENS), atol=0.02)
 
 
+@pytest.mark.slow
 def test_positions_matter():
   # Bug caught: RoPE not applied (every other test here is blind to the
   # order of positions): two [MASK]s at different places get one prediction.

@@ -62,6 +62,7 @@ def pid_of_process(index: int, workdir) -> int:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds pids in /proc")
+@pytest.mark.slow
 def test_two_processes_train_stop_and_resume_as_one_job(flags, tmp_path):
   # Bugs: processes that read other rows than one process would, assemble
   # the global batch in another order or average gradients over their own
@@ -112,6 +113,7 @@ def test_two_processes_train_stop_and_resume_as_one_job(flags, tmp_path):
     assert loss == pytest.approx(one[step], rel=1e-5), step
 
 
+@pytest.mark.slow
 def test_two_processes_prepare_the_corpus_and_train_the_tokenizer_once(
     corpus_glob, tmp_path):
   # Bug caught: only process 0 prepared the corpus and trained the

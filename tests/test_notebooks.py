@@ -31,6 +31,7 @@ def test_notebook_is_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(path, tmp_path, data_dir, monkeypatch):
   # Bug: a notebook that no longer runs (an API it calls changed, a cell that
   # needs Colab) ships.

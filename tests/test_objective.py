@@ -80,6 +80,7 @@ def monte_carlo(model, x, schedule, seed=0):
 
 
 @pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
+@pytest.mark.slow
 def test_monte_carlo_nelbo_matches_exact_enumeration(model, name):
   schedule = schedules.get_schedule(name, eps=0.05)
   exact = exact_nelbo(model, X, schedule.max_mask_rate)
@@ -87,6 +88,7 @@ def test_monte_carlo_nelbo_matches_exact_enumeration(model, name):
   assert abs(mean - exact) < 4 * stderr + 1e-3 * exact, (mean, stderr, exact)
 
 
+@pytest.mark.slow
 def test_enumeration_matches_the_any_order_form(model):
   """exact_nelbo at u_max = 1 is sum_k S_k / k, computed here the other way:
   the mean over orderings of the positions of the cost of revealing them one
@@ -115,6 +117,7 @@ class RateEcho:
     return logits.at[..., 0].set(10.0 * mask_rate_B[:, None])
 
 
+@pytest.mark.slow
 def test_time_form_feeds_the_model_the_masking_rate_not_t():
   # Bug caught: the model fed t (or 1 - t) instead of mask_rate(t), which
   # only changes the NELBO of a time-conditioned model slightly.
@@ -149,6 +152,7 @@ def exact_time_conditioned_nelbo(model, x) -> float:
 
 
 @pytest.mark.parametrize("time_conditioning", [False, True])
+@pytest.mark.slow
 def test_eval_estimates_are_unbiased_and_bounded(model, time_conditioning):
   """The any-order estimate of every row averages to the exact NELBO (for a
   time-conditioned model, with the masking rate drawn given k); each one is
@@ -186,6 +190,7 @@ def test_stratified_times_cover_every_stratum():
 # complementary pair scored at the wrong weight.
 @pytest.mark.parametrize("times,complementary", [
     ("stratified", False), ("uniform", False), ("stratified", True)])
+@pytest.mark.slow
 def test_train_loss_is_nats_per_scored_position(model, times, complementary):
   tokens = jnp.concatenate([X, jnp.zeros((1, 3), jnp.int32)], axis=1)
   segments = jnp.array([[1, 1, 1, 1, 0, 0, 0]])  # Padding out of sight.
@@ -221,6 +226,7 @@ def test_padding_adds_nothing(model):
   assert np.all(np.asarray(z)[:, 4:] == 0)
 
 
+@pytest.mark.slow
 def test_packed_row_loss_is_the_sum_of_its_documents_losses(model):
   """With segment ids, a row holding two documents and padding has the NELBO
   of the documents evaluated one by one under the same t and mask."""
@@ -242,6 +248,7 @@ def test_packed_row_loss_is_the_sum_of_its_documents_losses(model):
       float(schedule.weight(t)[0]) * one_by_one, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_slices_give_the_same_loss_and_gradient():
   """Scoring the rows in 4 strided slices is a different computation of the
   same estimate: loss and gradient match one slice to float rounding, with

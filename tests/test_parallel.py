@@ -35,6 +35,7 @@ def test_mesh_shapes_and_errors():
     parallel.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": -1}))
 
 
+@pytest.mark.slow
 def test_params_are_sharded_by_the_rules(tiny_config):
   # Catches: a rule not applied (heads or MLP units whole on every tensor
   # device), optimizer moments placed unlike their parameters.
@@ -108,6 +109,7 @@ def layouts(data_dir):
   return results
 
 
+@pytest.mark.slow
 def test_train_step_in_every_layout_matches_one_device(layouts):
   # Catches: a layout that changes the numbers (a missing reduction over a
   # mesh axis, heads or vocabulary split and not put back together, strided
@@ -160,6 +162,7 @@ def test_tensor_layout_has_megatron_collectives_and_gathers_no_whole_weight(
   assert HALVES <= set(gathered)  # fsdp gathers each tensor half.
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
   training = train.build(tiny_config, TOKENIZER, mesh(8, 1))
   data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))

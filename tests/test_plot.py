@@ -88,6 +88,7 @@ def test_each_frame_shows_exactly_the_tokens_committed_by_then(tmp_path):
   plt.close(story)
 
 
+@pytest.mark.slow
 def test_the_command_line_writes_curves_animation_and_storyboard(reference,
                                                                  tmp_path):
   # Bug: the plot command failing on a real workdir, or writing nothing.

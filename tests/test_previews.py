@@ -43,6 +43,7 @@ def test_each_evaluation_writes_samples_to_tensorboard_only(reference):
 
 
 @pytest.mark.parametrize("objective", ["diffusion", "autoregressive"])
+@pytest.mark.slow
 def test_previews_sample_as_the_api_does(objective):
   # Bug: previews with another sampler, schedule, BOS or seed than load().
   config = config_base.base_config()

@@ -4,6 +4,7 @@ import io
 import sys
 
 import jax.numpy as jnp
+import pytest
 
 from conftest import config_flags, run_module, write_corpus
 
@@ -36,6 +37,7 @@ def test_evaluation_progress_is_a_bar_on_a_terminal_and_rare_lines_in_logs(
   assert run_batches(monkeypatch, tty=False, log_every_s=60) == ([], "")
 
 
+@pytest.mark.slow
 def test_prepare_prints_no_progress_bars_off_a_terminal(tmp_path):
   # Bug: TFDS's bars ("Generating splits...") filled captured output.
   corpus = write_corpus(tmp_path / "corpus", num_files=4)

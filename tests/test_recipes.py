@@ -44,6 +44,7 @@ def train_tiny(config, workdir) -> dict:
   return result
 
 
+@pytest.mark.slow
 def test_text8_tiny_reports_bits_per_character(tmp_path):
   write_text8_zip(tmp_path / "manual", num_chars=20_000)
   config = tiny_recipe("text8", tmp_path / "tfds")
@@ -58,6 +59,7 @@ def test_text8_tiny_reports_bits_per_character(tmp_path):
   assert np.log2(27) - 3 * stderr < bound < np.log2(27) + 0.5, (bound, stderr)
 
 
+@pytest.mark.slow
 def test_lm1b_tiny_pads_sentences_and_counts_their_kept_bytes(tmp_path):
   write_lm1b_archive(tmp_path / "manual", {
       f"{LM1B_TRAIN}/news.en-00001-of-00100": sentences(300, seed=0),
@@ -82,6 +84,7 @@ def test_lm1b_tiny_pads_sentences_and_counts_their_kept_bytes(tmp_path):
   assert truncated and result["truncated_documents"] == truncated
 
 
+@pytest.mark.slow
 def test_openwebtext_tiny_wraps_documents_and_counts_every_byte(tmp_path):
   rng = np.random.default_rng(0)
   write_owt_texts(tmp_path / "manual", {

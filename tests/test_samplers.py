@@ -193,18 +193,21 @@ ONE_AT_A_TIME = ["threshold", "factor", "entropy_bounded"]
 # which reveals several positions together and samples the marginals' product.
 # Expected TV of N samples is about 0.012; the product of marginals is 0.74 away.
 @pytest.mark.parametrize("schedule", [schedules.Linear(), schedules.Cosine()], ids=repr)
+@pytest.mark.slow
 def test_many_steps_match_the_joint_distribution(schedule):
   tokens = run(ANCESTRAL, schedule=schedule).tokens_BxL[ROWS["free"]]
   assert_matches(tokens, SPARSE)
 
 
 # Catches: the float64 path breaking the draws (dtype mix-ups under x64).
+@pytest.mark.slow
 def test_float64_draws_match_the_joint_distribution():
   tokens = run(options("ancestral", steps=128, float64=True), seed=1).tokens_BxL
   assert_matches(tokens[ROWS["free"]], SPARSE)
 
 
 # Catches: a last step that leaves masks, or calls counted per step, not per row.
+@pytest.mark.slow
 def test_one_step_samples_the_product_of_marginals():
   result = run(options("ancestral", steps=1))
   tokens = result.tokens_BxL[ROWS["free"]]
@@ -222,6 +225,7 @@ def test_infill_matches_the_conditional_distribution():
 # Catches: a cache that is never used (one call per step: up to 128 here).
 @pytest.mark.parametrize("opts", [ANCESTRAL, STRUCTURED["confidence"]],
                          ids=lambda o: o.sampler)
+@pytest.mark.slow
 def test_caching_calls_at_most_once_per_distinct_state(opts):
   result = run(opts)
   for group, masks in MASKS.items():
@@ -234,6 +238,7 @@ def test_caching_calls_at_most_once_per_distinct_state(opts):
 # does the same (the reveal times are the order statistics of 3 uniforms), so
 # the number of 1s per row is Binomial(3, 1/2) in both.
 @pytest.mark.parametrize("sampler", ["ancestral", "first_hitting"])
+@pytest.mark.slow
 def test_time_reading_model_sees_the_row_clock(sampler):
   result = run(STANDARD[sampler], denoiser=RateProbe(), reads_mask_rate=True)
   ones = result.tokens_BxL[ROWS["free"]].sum(-1)
@@ -250,6 +255,7 @@ def test_time_reading_model_sees_the_row_clock(sampler):
 
 # Catches: more than one commit per call, or a position picked by confidence
 # instead of uniformly (which biases the joint: TV about 0.4).
+@pytest.mark.slow
 def test_first_hitting_is_exact_with_one_call_per_mask():
   result = run(STANDARD["first_hitting"])
   assert_matches(result.tokens_BxL[ROWS["free"]], SPARSE)
@@ -359,6 +365,7 @@ def test_parallel_rules_commit_what_their_criterion_allows(opts, commits):
 # not taken in score order (position 1 first, then 0 and 2 together, which
 # given their sum are dependent).
 @pytest.mark.parametrize("opts", ALL_AT_ONCE, ids=lambda o: o.sampler)
+@pytest.mark.slow
 def test_spacing_keeps_positions_committed_together_apart(opts):
   together = run(opts, "sum")
   assert np.all(together.calls_B[ROWS["free"]] == 1)
@@ -376,6 +383,7 @@ def test_spacing_keeps_positions_committed_together_apart(opts):
 
 # Catches: remdm drawing differently from ancestral (keys, clock, its
 # finishing rule) or remasking at eta = 0.
+@pytest.mark.slow
 def test_remdm_without_remasking_is_ancestral_draw_for_draw():
   for got, want in zip(run(dataclasses.replace(REMDM, eta=0.0)), run(ANCESTRAL)):
     np.testing.assert_array_equal(got, want)
@@ -388,6 +396,7 @@ def test_remdm_without_remasking_is_ancestral_draw_for_draw():
 # (cap or loop, against 0.006 for ancestral) and 0.025 at eta = 0.05.
 @pytest.mark.parametrize("opts", [REMDM, dataclasses.replace(
     REMDM, remdm_schedule="loop")], ids=lambda o: o.remdm_schedule)
+@pytest.mark.slow
 def test_remdm_matches_the_joint_distribution(opts):
   result = run(opts, seed=2)
   assert_matches(result.tokens_BxL[ROWS["free"]], SPARSE)
@@ -396,6 +405,7 @@ def test_remdm_matches_the_joint_distribution(opts):
 # Catches: reopened tokens never redrawn, or no reopening at all. A free row
 # whose tokens sum to more than 3 under CountsOthers had a committed token
 # changed (see CountsOthers); ancestral never does that.
+@pytest.mark.slow
 def test_remdm_changes_committed_tokens():
   sums = run(ANCESTRAL, denoiser=CountsOthers()).tokens_BxL[ROWS["free"]].sum(-1)
   assert sums.max() <= 3
@@ -408,6 +418,7 @@ def test_remdm_changes_committed_tokens():
 
 
 # Catches: block_length = L treated differently from no blocks.
+@pytest.mark.slow
 def test_one_block_of_length_l_is_unblocked():
   for got, want in zip(run(dataclasses.replace(ANCESTRAL, block_length=3)),
                        run(ANCESTRAL)):
@@ -416,6 +427,7 @@ def test_one_block_of_length_l_is_unblocked():
 
 # Catches: a rule committing outside the current block.
 @pytest.mark.parametrize("sampler", sorted(STRUCTURED))
+@pytest.mark.slow
 def test_blocks_fill_left_to_right(sampler):
   result = run(STRUCTURED[sampler])
   rows = ROWS["free"][result.length_B[ROWS["free"]] >= 2]  # No EOS in block 0.
@@ -622,6 +634,7 @@ def run_positional(temperature=1.0, top_p=1.0, float64=False, table="random"):
 # TV 0.012 and 0.007 against tolerances 0.049 and 0.035.
 @pytest.mark.parametrize("temperature,top_p,float64", [
     (1.0, 1.0, False), (0.7, 0.7, True)])
+@pytest.mark.slow
 def test_committed_positions_draw_from_their_distribution(temperature, top_p,
                                                           float64):
   tokens = run_positional(temperature, top_p, float64)
@@ -664,6 +677,7 @@ def test_zero_temperature_is_greedy():
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "entropy_bounded", "remdm"])
+@pytest.mark.slow
 def test_one_dispatch_and_no_host_round_trips(sampler):
   # Bug caught: a Python loop over steps (one dispatch and a host sync per
   # step) or a host callback inside the jitted loop.

@@ -65,6 +65,7 @@ def stacked(params):
                                            *(blocks[i] for i in sorted(blocks)))}
 
 
+@pytest.mark.slow
 def test_scan_remat_and_microbatches_train_as_the_plain_step():
   # Catches: scanned blocks in the wrong order or with another block's
   # weights, remat changing the numbers, microbatch losses and gradients
@@ -82,6 +83,7 @@ def test_scan_remat_and_microbatches_train_as_the_plain_step():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bf16_with_float32_state():
   # Catches: bf16 parameters or optimizer moments (updates below bf16's
   # resolution lost), matmuls left in float32, a loss far from float32's.
@@ -95,6 +97,7 @@ def test_bfloat16_computes_in_bf16_with_float32_state():
   np.testing.assert_allclose(out, reference, rtol=0.02)
 
 
+@pytest.mark.slow
 def test_scanned_program_does_not_grow_with_depth():
   # Catches: scan_layers unrolling the blocks (compile time growing with
   # depth, as it does without scan).
@@ -110,6 +113,7 @@ def test_scanned_program_does_not_grow_with_depth():
   assert unrolled[1] > 2 * unrolled[0]
 
 
+@pytest.mark.slow
 def test_cached_decoding_works_with_scanned_blocks():
   # Catches: the autoregressive twin's KV cache broken by scan_layers (a
   # cache per block where the blocks are stacked, or layers mixed up).
@@ -171,6 +175,7 @@ def test_attention_impl_reaches_the_attention_and_is_checked(monkeypatch):
     validation.check(tiny(remat="some"))
 
 
+@pytest.mark.slow
 def test_training_logs_speed_profiles_and_keeps_its_layout(data_dir, corpus_glob,
                                                            tmp_path):
   # Catches: no compile time, per-device throughput or step time in the

@@ -112,6 +112,7 @@ def spm_tokenizer(trained):
   return tokenizers.SentencePieceTokenizer.from_file(trained[0])
 
 
+@pytest.mark.slow
 def test_train_tokenizer_writes_the_model_and_prints_the_override(trained):
   path, stdout = trained
   assert f"wrote {path}" in stdout
@@ -216,6 +217,7 @@ def test_without_byte_fallback_unknown_characters_count_no_bytes():
   assert tok.token_bytes[ids].sum() == len("beta  ")
 
 
+@pytest.mark.slow
 def test_train_tokenizer_fails_in_one_line_and_writes_nothing(
     trained, corpus_glob, data_dir):
   before = set(os.listdir(os.path.dirname(trained[0])))

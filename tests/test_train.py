@@ -44,6 +44,7 @@ def mesh_1():
                             devices=jax.devices()[:1])
 
 
+@pytest.mark.slow
 def test_ema_tracks_the_parameters_and_is_what_evaluation_reads(tiny_config,
                                                                   tmp_path):
   # Bugs caught: EMA arguments swapped (0.1 ema + 0.9 params), EMA not used
@@ -104,6 +105,7 @@ def test_train_log_writes_one_step_behind_with_throughput(monkeypatch):
   assert r15["train/tokens_per_s"] == pytest.approx(5 * 100 / 10)
 
 
+@pytest.mark.slow
 def test_old_checkpoint_configs_take_todays_defaults(tiny_config, tmp_path):
   # Bug caught: a checkpoint written before a config field existed (or after
   # one was removed) that no longer loads.
@@ -122,6 +124,7 @@ def test_old_checkpoint_configs_take_todays_defaults(tiny_config, tmp_path):
   assert config.model.embed_dim == tiny_config.model.embed_dim
 
 
+@pytest.mark.slow
 def test_a_restarted_data_order_survives_the_next_resume(tiny_config, tmp_path):
   # Bug caught: after a resume whose data position does not apply the data
   # stream restarts in a new order, but a later resume rebuilt the original

@@ -34,6 +34,7 @@ def quick_config(data_dir, files):
 # --------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_last_checkpoint_stops_before_the_final_evaluation(
     data_dir, corpus_glob, tmp_path, monkeypatch):
   # Catches: a SIGTERM during the last save ignored: the final evaluation
@@ -166,6 +167,7 @@ def _obey_file_permissions():
 
 
 @fork_while_jax_runs
+@pytest.mark.slow
 def test_a_workdir_that_is_not_writable_is_one_line(corpus_glob, data_dir,
                                                     tmp_path):
   # Catches: a PermissionError traceback from creating the workdir.
@@ -248,6 +250,7 @@ def _limit_file_size():  # ulimit -f 64
 
 @fork_while_jax_runs
 @pytest.mark.parametrize("writing", ["checkpoint", "corpus"])
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_file(writing, corpus_glob,
                                                  data_dir, tmp_path):
   # Catches: ~500 lines of orbax and tensorstore tracebacks (a checkpoint),
@@ -320,6 +323,7 @@ class RaisesWhenCollected:
     raise ValueError("kept")
 
 
+@pytest.mark.slow
 def test_zero_steps_evaluate_without_asking_for_a_checkpoint(corpus_glob,
                                                              data_dir,
                                                              tmp_path):

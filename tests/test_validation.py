@@ -42,6 +42,7 @@ def test_a_step_that_cannot_fit_stops_before_the_workdir(tiny_config, tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_accelerators_are_held_to_their_allocators_limit(tiny_config):
   # Catches: an accelerator's memory not read (or read from another
   # process's devices), the smallest device not the one that counts, a
