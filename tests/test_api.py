@@ -11,19 +11,20 @@ from diffusion_lm import errors
 from diffusion_lm.diffusion import objective
 
 
+pytestmark = pytest.mark.slow  # Every test reads a trained model.
+
+
 @pytest.fixture(scope="module")
 def lm(reference):
   return diffusion_lm.load(reference[0])
 
 
-@pytest.mark.slow
 def test_load_brings_config_tokenizer_and_step(lm):
   assert lm.step == 40
   assert lm.config.data.seq_len == 64
   assert lm.tokenizer.to_json() == {"kind": "byte"}
 
 
-@pytest.mark.slow
 def test_generate_fills_exactly_the_masked_positions(lm):
   mask = lm.tokenizer.mask_id
   template = np.array([[65, mask, mask, 66, mask, 67]] * 3, np.int32)
@@ -34,7 +35,6 @@ def test_generate_fills_exactly_the_masked_positions(lm):
   assert np.all((1 <= result.calls_B) & (result.calls_B <= 4))
 
 
-@pytest.mark.slow
 def test_sample_and_infill_keep_their_text(lm):
   for text in lm.sample(2, length=16, prompt="def ", steps=4):
     assert text.startswith("def ")
@@ -47,7 +47,6 @@ def test_same_seed_same_samples(lm):
   assert lm.sample(2, length=16, steps=4, seed=3) != lm.sample(2, length=16, steps=4, seed=4)
 
 
-@pytest.mark.slow
 def test_score_prefers_corpus_like_text_to_noise(lm):
   rng = np.random.default_rng(0)
   noise = bytes(rng.integers(33, 127, 40).tolist()).decode()
@@ -56,7 +55,6 @@ def test_score_prefers_corpus_like_text_to_noise(lm):
   assert 0 < familiar_bits < noise_bits
 
 
-@pytest.mark.slow
 def test_score_of_a_wrap_model_is_the_bound_at_the_texts_length(lm):
   """A wrap-trained model scores text + EOS on its own (the rest of the row
   out of sight): the same bound as the sequence alone at its length."""

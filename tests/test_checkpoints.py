@@ -201,6 +201,7 @@ def test_resume_passes_over_every_damage_and_moves_it_aside(run, tmp_path,
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
 
 
+@pytest.mark.slow
 def test_damage_only_training_reads_leaves_the_step_to_load(run, tmp_path):
   # Catches: load refusing a step for an item it does not read.
   workdir, _ = stacked(run, tmp_path, {"no optimizer state":
@@ -208,6 +209,7 @@ def test_damage_only_training_reads_leaves_the_step_to_load(run, tmp_path):
   assert api.load(workdir).step == 7
 
 
+@pytest.mark.slow
 def test_orbax_metadata_alone_is_not_needed(run, tmp_path, caplog):
   # Catches: an intact checkpoint whose arrays pass their checksums passed
   # over because orbax's bookkeeping file is damaged.
@@ -226,6 +228,7 @@ def sums_lost_and_params_of_step_3(step_dir):
                   os.path.join(step_dir, "params"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_checksums_is_unverified(run, tmp_path, caplog):
   # Catches: a checkpoint whose checksums are lost loading silently; one
   # used although the caller requires verified checkpoints.
@@ -247,6 +250,7 @@ def test_a_checkpoint_without_checksums_is_unverified(run, tmp_path, caplog):
     api.load(workdir, require_checksums=True)
 
 
+@pytest.mark.slow
 def test_resume_can_require_checksums(run, tmp_path):
   # Catches: resume's require_checksums not reaching the check.
   workdir, _ = stacked(run, tmp_path, {"unverified": (
@@ -322,6 +326,7 @@ def test_resuming_with_ema_switched_on_starts_it_from_the_parameters(
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resuming_with_other_shapes_names_the_fields(run, tmp_path):
   # Catches: orbax's strict=False advice (and a fallback through every
   # intact checkpoint) instead of the fields that differ.
@@ -392,6 +397,7 @@ class FakeManager:
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), SystemExit(3)])
+@pytest.mark.slow
 def test_interrupts_inside_a_read_error_are_not_swallowed(run, interrupt):
   # Catches: Ctrl-C (or an exit) during a restore, wrapped by orbax in a bare
   # Exception, taken for a damaged checkpoint and passed over.

@@ -39,6 +39,7 @@ def assert_same_run(workdir, reference_dir):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_training_writes_metrics_checkpoints_and_samples(reference):
   workdir, log = reference
   records = metrics.read_jsonl(workdir)

@@ -310,6 +310,7 @@ def truncate_params(workdir):
     (edit_saved_config, "config differs from its checksum"),
     (truncate_params, "OUT_OF_RANGE"),
 ])
+@pytest.mark.slow
 def test_damage_that_loads_is_caught_by_the_checksums(run, tmp_path, caplog,
                                                       damage, reason):
   # Catches: arrays or JSON that read back fine but are not what was saved, used as they are.
@@ -385,6 +386,7 @@ def test_a_torn_last_metrics_line_is_dropped_and_reported(tmp_path, caplog):
 # -------------------------------------------------------------- Data access
 
 
+@pytest.mark.slow
 def test_eval_reads_and_prepares_data_where_the_user_says(run, tmp_path,
                                                           caplog):
   # Catches: --mode=eval reading and preparing data where the checkpoint, not the user, says.
@@ -425,6 +427,7 @@ def test_text_files_stay_in_the_glob_and_under_the_size_limit(tmp_path):
 # --------------------------------------------------------- CLI and API edges
 
 
+@pytest.mark.slow
 def test_api_edges_are_clear_errors(run):
   # Catches: num_samples <= 0, lengths past the trained rows, a missing step, score([]).
   lm = api.load(run[0])

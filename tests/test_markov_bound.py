@@ -20,6 +20,9 @@ CHAIN = dict(alphabet_size=4, order=1, concentration=0.3, num_documents=1200,
 STEPS = 600
 
 
+pytestmark = pytest.mark.slow  # Every test reads a trained model.
+
+
 def unigram_entropy_bits(params) -> float:
   counts = np.bincount(markov.sample_documents(params).ravel())
   p = counts / counts.sum()
@@ -42,7 +45,6 @@ def train_on_markov(config, chain, workdir, **data) -> tuple[dict, list[bytes]]:
   return result, docs
 
 
-@pytest.mark.slow
 def test_bound_lies_above_the_test_documents_nll_and_approaches_it(
     tiny_config, tmp_path):
   # Bugs caught: any leak that lets the bound fall below the truth; a model
@@ -70,7 +72,6 @@ def variable_length_runs(tmp_path_factory, data_dir):
   return runs
 
 
-@pytest.mark.slow
 def test_padded_rows_pay_for_the_length(variable_length_runs):
   """Documents of random length in pad rows: the default bound includes the
   length's cost, log2(31) bits per document, so it cannot fall below
@@ -121,7 +122,6 @@ def order1_conditional_entropy_bits(params) -> float:
   return h(pair) - h(pair.sum(axis=1))
 
 
-@pytest.mark.slow
 def test_order2_context_is_learned_within_a_short_budget(tiny_config, tmp_path):
   """Documents much longer than a row, from an order-2 chain whose single
   neighbours say little (order-1 entropy 3.44, unigram 3.57, rate 2.30

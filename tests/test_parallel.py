@@ -142,6 +142,7 @@ def sizes(shapes: list[str]) -> list[int]:
           for shape in shapes for dims in re.findall(r"f32\[([\d,]*)\]", shape)]
 
 
+@pytest.mark.slow
 def test_tensor_layout_has_megatron_collectives_and_gathers_no_whole_weight(
     layouts):
   # Catches: a weight split over `tensor` gathered whole on every device
