@@ -67,7 +67,7 @@ import subprocess
 import sys
 import time
 
-from diffusion_lm import errors, metrics
+from diffusion_lm import errors, files, metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY = 16, 4
@@ -538,7 +538,7 @@ def main() -> None:
                      r["observed"] for r in results)),
                  "failing": failing}}
   text = json.dumps(report, indent=2)
-  metrics.write_atomically(str(ctx.output_dir / "faults.json"), text + "\n")
+  files.write_atomically(str(ctx.output_dir / "faults.json"), text + "\n")
   print(text)
 
 

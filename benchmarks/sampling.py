@@ -61,7 +61,7 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from diffusion_lm import api, chain_oracle, config_base, errors, models, quality  # pylint: disable=g-import-not-at-top
 from diffusion_lm.data import tokenizers  # pylint: disable=g-import-not-at-top
-from diffusion_lm.diffusion import samplers  # pylint: disable=g-import-not-at-top
+from diffusion_lm.diffusion import sampler_options, samplers
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "configs", "markov.py")
 BATCH = 64  # Rows sampled at once for quality.
@@ -146,7 +146,7 @@ def measure(lm, generate, options: dict, num_samples: int, runs: int,
     seconds = timed(lambda: generate(init, seed=0, **options), runs)
     row[f"tokens_per_s_batch{batch}"] = generated_tokens(init, result, mask_id) / seconds
   kind = denoiser and quality.replay_kind(
-      samplers.make_options(lm.config.sample, options))
+      sampler_options.make_options(lm.config.sample, options))
   init = lm.prompt_template("", min(num_samples, BATCH))
   texts, calls, tokens, log2_q = [], 0, 0, []
   for seed in range(-(-num_samples // len(init))):
@@ -263,7 +263,7 @@ def md4_side_by_side(md4_path: str, fewest_calls_per_token: float,
   graphdef, _ = models.abstract_model(cfg)
   params = jax.jit(lambda k: models.init_params(cfg, k))(jax.random.PRNGKey(0))
   init = np.full((16, 256), 256, np.int32)
-  options = samplers.make_options(config.sample, {"steps": 32})
+  options = sampler_options.make_options(config.sample, {"steps": 32})
 
   def ours():  # A time-reading model: a network call at every step.
     return samplers.sample(models.Denoiser(graphdef), params, jax.random.PRNGKey(1),

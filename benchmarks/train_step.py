@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from diffusion_lm import config_base, metrics, models, parallel, train
+from diffusion_lm import config_base, metrics, models, parallel, train_step
 
 
 class _Vocab:
@@ -64,7 +64,7 @@ def main():
   config.train.batch_size = args.batch
   mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
                             devices=jax.devices()[:1])
-  training = train.build(config, _Vocab(args.vocab), mesh)
+  training = train_step.build(config, _Vocab(args.vocab), mesh)
   state = training.init()
   step_fn = training.step
   rng = np.random.default_rng(0)

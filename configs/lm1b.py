@@ -10,9 +10,9 @@ sequences padded to 128, log-linear schedule, no time conditioning, AdamW
 
 Prepare the data and the tokenizer once (downloads about 1.7 GB):
 
-  python -m diffusion_lm.data.prepare --config=configs/lm1b.py \
+  python -m diffusion_lm.prepare --config=configs/lm1b.py \
       --config.data.data_dir=$TFDS_DATA_DIR
-  python -m diffusion_lm.data.train_tokenizer --config=configs/lm1b.py \
+  python -m diffusion_lm.train_tokenizer --config=configs/lm1b.py \
       --config.data.data_dir=$TFDS_DATA_DIR --vocab_size=32000 \
       --model_type=unigram --max_documents=2000000
 

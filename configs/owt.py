@@ -12,9 +12,9 @@ clipping.
 Prepare the data and the tokenizer once (downloads about 12 GB, or put the
 archive or its .txt files in --manual_dir):
 
-  python -m diffusion_lm.data.prepare --config=configs/owt.py \
+  python -m diffusion_lm.prepare --config=configs/owt.py \
       --config.data.data_dir=$TFDS_DATA_DIR
-  python -m diffusion_lm.data.train_tokenizer --config=configs/owt.py \
+  python -m diffusion_lm.train_tokenizer --config=configs/owt.py \
       --config.data.data_dir=$TFDS_DATA_DIR --vocab_size=50257 \
       --model_type=bpe --max_documents=100000
 

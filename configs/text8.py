@@ -7,7 +7,7 @@ no weight decay or clipping).
 
 Prepare the data once (downloads text8.zip, about 31 MB):
 
-  python -m diffusion_lm.data.prepare --config=configs/text8.py \
+  python -m diffusion_lm.prepare --config=configs/text8.py \
       --config.data.data_dir=$TFDS_DATA_DIR
 
 Train on a TPU v5p-32 slice (16 chips; launch/README.md), created for the

@@ -8,10 +8,15 @@
 A checkpoint of the autoregressive twin loads as an AutoregressiveLM with the
 same `sample` and `score` (exact); its `infill` is an error. Defaults for
 every sampling option come from the config's `sample` group.
+
+`evaluate_checkpoint` is --mode=eval: a workdir's newest intact checkpoint on
+a split, written to <workdir>/eval_<split>.json.
 """
 
+import json
 import math
 import numbers
+import os
 
 import jax
 import ml_collections
@@ -20,9 +25,9 @@ from absl import logging
 from flax import nnx
 
 from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
-                          models, parallel, validation)
+                          files, metrics, models, parallel, validation)
 from diffusion_lm.data import pipeline
-from diffusion_lm.diffusion import samplers, schedules
+from diffusion_lm.diffusion import sampler_options, samplers, schedules
 
 
 def _is_int(value) -> bool:
@@ -48,7 +53,7 @@ class LanguageModel:
 
   def generate(self, init_BxL, *, seed: int | None = None,
                **options) -> samplers.SampleResult:
-    """Fills the [MASK] ids of init_BxL (options: samplers.SamplerOptions
+    """Fills the [MASK] ids of init_BxL (options: sampler_options.SamplerOptions
     fields; unset ones from config.sample)."""
     raise NotImplementedError
 
@@ -157,7 +162,7 @@ class DiffusionLM(LanguageModel):
         denoise_fn, params, self._key(seed), init_BxL,
         mask_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
         reads_mask_rate=reads_mask_rate,
-        options=samplers.make_options(self.config.sample, options),
+        options=sampler_options.make_options(self.config.sample, options),
         schedule=schedules.from_config(self.config.diffusion))
 
   def infill(self, parts, num_samples: int = 1, *, seed: int | None = None,
@@ -187,7 +192,7 @@ class AutoregressiveLM(LanguageModel):
     return autoregressive.generate(
         self.graphdef, self.params, self._key(seed), init_BxL,
         bos_id=self.tokenizer.mask_id, eos_id=self.tokenizer.eos_id,
-        options=samplers.make_options(self.config.sample, options))
+        options=sampler_options.make_options(self.config.sample, options))
 
   def infill(self, parts, num_samples: int = 1, **options) -> list[str]:
     raise errors.UserError(
@@ -241,3 +246,45 @@ def load(workdir: str, step: int | None = None, mesh=None, *,
   kind = (AutoregressiveLM if config.model.objective == "autoregressive"
           else DiffusionLM)
   return kind(graphdef, params, config, tokenizer, mesh, step=step)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """Bounds of the newest intact checkpoint in `workdir` on config.eval.split.
+
+  Model, data and tokenizer come from the checkpoint, but where the data is
+  read and prepared (data.files, data.data_dir) comes from `config`, as do
+  the eval group and the mesh; another data field that differs from the
+  checkpoint's is logged. Results go to <workdir>/eval_<split>.json (strict
+  JSON, metrics.strict; written whole, via a temporary file).
+  """
+  devices = {"devices": jax.devices(), "process_count": jax.process_count(),
+             "training": False}
+  validation.check(config, **devices)
+  mesh = parallel.make_mesh(config.mesh)
+  lm = load(workdir, mesh=mesh, data_dir=config.data.data_dir,
+                files=config.data.files,
+                require_checksums=config.train.require_checksums)
+  # As plain values: a group (a ConfigDict) never equals a dict, nor a
+  # locked or frozen copy of itself.
+  given, saved = config.data.to_dict(), lm.config.data.to_dict()
+  for field, value in given.items():
+    if field not in DATA_LOCATIONS and value != saved[field]:
+      logging.warning("data.%s: evaluating with the checkpoint's %r (the "
+                      "model's data), not %r", field, saved[field], value)
+  run_config = lm.config.copy_and_resolve_references()
+  run_config.update({"eval": config.eval, "mesh": config.mesh})
+  validation.check(run_config, **devices)  # The split of the model's corpus.
+  eval_step = evaluation.make_eval_step(
+      lm.graphdef, jax.tree.map(lambda x: x.sharding, lm.params), mesh,
+      lm.tokenizer.mask_id, config.eval.num_t_samples)
+  split = config.eval.split
+  result = evaluation.EvalSplit(run_config, lm.tokenizer, split).evaluate(
+      eval_step, lm.params, mesh)
+  if jax.process_index() == 0:
+    record = {"step": lm.step, "split": split,
+              "num_t_samples": config.eval.num_t_samples, **result}
+    files.write_atomically(
+        os.path.join(workdir, f"eval_{split}.json"),
+        json.dumps(metrics.strict(record), indent=2, allow_nan=False))
+  logging.info("%s split at step %d: %s", split, lm.step, result)
+  return result

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffusion_lm import errors
-from diffusion_lm.diffusion import objective, samplers
+from diffusion_lm import batching, errors
+from diffusion_lm.diffusion import objective, sampler_options, samplers
 
-# Options of samplers.SamplerOptions that left-to-right sampling reads.
+# Options of sampler_options.SamplerOptions that left-to-right sampling reads.
 OPTIONS = ("temperature", "top_p", "float64", "stop_at_eos")
 
 
@@ -46,7 +46,7 @@ def sequence_nll(model, batch, bos_id: int, slices: int = 1):
     logits = model(r["inputs"], None, r["segment_ids"])
     return jnp.sum(objective.token_nll(logits, r["tokens"]) * r["weights"], axis=-1)
 
-  return objective.in_slices(nll_B, rows, slices)
+  return batching.in_slices(nll_B, rows, slices)
 
 
 def train_loss(model, batch, bos_id: int, slices: int = 1):
@@ -83,7 +83,7 @@ def prompt_length(init_BxL, mask_id: int) -> int:
 @functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "bos_id",
                                              "eos_id", "options"))
 def _generate(graphdef, params, key, init_BxL, *, prompt_len: int, bos_id: int,
-              eos_id, options: samplers.SamplerOptions):
+              eos_id, options: sampler_options.SamplerOptions):
   model = nnx.merge(graphdef, params)
   b, l = init_BxL.shape
   draw = functools.partial(samplers.draw_tokens, temperature=options.temperature,
@@ -136,7 +136,7 @@ def _last(logits_and_cache):
 
 
 def generate(graphdef, params, key, init_BxL, *, bos_id: int, eos_id,
-             options: samplers.SamplerOptions) -> samplers.SampleResult:
+             options: sampler_options.SamplerOptions) -> samplers.SampleResult:
   """Continues the prompt each row of init_BxL starts with (then [MASK] =
   bos_id up to the end) left to right, one token per network call. The
   shortest prompt is read in one call (prefill); rows with longer prompts

@@ -8,13 +8,13 @@ Prints one JSON object: `params`, `train_flops_per_token`
 attention), `tokens` (steps x batch x seq_len), `train_flops`, for each
 accelerator in metrics.PEAK_FLOPS the chip-hours the run takes at `--mfu` of
 its dense bf16 peak, and `memory`: the train step's bytes per device on the
-mesh (`memory_per_device`), with a hint of what to change when they exceed
+mesh (`step_memory.per_device`), with a hint of what to change when they exceed
 `--device_memory_gb`. The vocabulary comes from the config (the byte and char
 tokenizers, or data.tokenizer_train.vocab_size for a sentencepiece model
 trained on first use), else from the tokenizer's model file; without either
 it needs `--vocab_size`.
 
-The memory model is validation.memory_per_device's (its module doc lists
+The memory model is step_memory.per_device's (its module doc lists
 the terms); training refuses at startup a config whose step clearly does not
 fit its devices by the same estimate.
 """
@@ -25,7 +25,8 @@ import re
 
 from absl import flags
 
-from diffusion_lm import cli, errors, metrics, models, parallel, validation
+from diffusion_lm import (cli, errors, metrics, models, parallel, step_memory,
+                          validation)
 from diffusion_lm.data import corpora, tokenizers
 
 _CONFIG = cli.define_config_flag()
@@ -109,14 +110,15 @@ def vocab_size(config) -> int:
 
 def main():
   config = _CONFIG.value
+  validation.check(config)
   shape = parse_mesh(_MESH.value)
   vocab = _VOCAB_SIZE.value or vocab_size(config)
   result = budget(config, vocab, _MFU.value)
-  memory = validation.memory_per_device(config, vocab, shape)
+  memory = step_memory.per_device(config, vocab, shape)
   result["memory"] = {"mesh": shape, "bytes_per_device": memory,
                       "gib_per_device": round(memory["total"] / 2**30, 3)}
   if _DEVICE_MEMORY_GB.value:
-    hint = validation.advice(config, memory, _DEVICE_MEMORY_GB.value * 2**30,
+    hint = step_memory.advice(config, memory, _DEVICE_MEMORY_GB.value * 2**30,
                              shape)
     result["memory"]["fits"] = not hint
     if hint:

@@ -44,7 +44,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from diffusion_lm import config_base, errors, models, workdir_lock
+from diffusion_lm import config_base, errors, files, models
 from diffusion_lm.data import pipeline, tokenizers
 
 CHECKSUMS = "checksums"
@@ -61,7 +61,7 @@ class CorruptCheckpoint(ValueError):
 
 def checkpoint_dir(workdir: str) -> str:
   """<workdir>/checkpoints, absolute; a URL workdir (gs://...) as it is."""
-  return os.path.join(workdir_lock.absolute(workdir), "checkpoints")
+  return os.path.join(files.absolute(workdir), "checkpoints")
 
 
 def manager(workdir: str, max_to_keep: int = 2,

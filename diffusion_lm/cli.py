@@ -1,6 +1,6 @@
-"""What every command line shares: the --config flag (checked whole before
-anything runs), flag parsing, quiet library logs, and bad input as one line
-`error: ...` with exit status 1.
+"""What every command line shares: the --config flag, flag parsing, quiet
+library logs, and bad input as one line `error: ...` with exit status 1.
+Each command checks its config (validation.check) before it does anything.
 
 A config file that is missing or whose get_config raises, and a write that
 finds the disk full or passes the file size limit (`ulimit -f`: Python
@@ -126,7 +126,7 @@ def _prepare_command(argv: list[str], data_dir: str) -> str:
   """The prepare command for this command line's --config flags."""
   config_args = [a for a in argv[1:] if a.startswith("--config")
                  and not a.startswith("--config.data.data_dir")]
-  return shlex.join(["python", "-m", "diffusion_lm.data.prepare", *config_args,
+  return shlex.join(["python", "-m", "diffusion_lm.prepare", *config_args,
                      f"--config.data.data_dir={data_dir}"])
 
 
@@ -138,20 +138,16 @@ def _error_line(e: errors.UserError) -> str:
   return f"error: {e}"
 
 
-def run(main: Callable[[], None], check_config: bool = True) -> None:
+def run(main: Callable[[], None]) -> None:
   """Runs `main()` as a command line: parses flags (no positional arguments),
-  filters library logs, checks --config (validation.check, without the
-  device rules) when the command has one and check_config, and turns a
-  UserError, or a write that found no space, into one line and exit 1."""
+  filters library logs, and turns a UserError, or a write that found no
+  space, into one line and exit 1. `main` checks its own config."""
 
   def wrapped(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_logs()
     try:
-      if check_config and "config" in flags.FLAGS:
-        from diffusion_lm import validation  # pylint: disable=g-import-not-at-top
-        validation.check(flags.FLAGS.config)
       main()
     except errors.UserError as e:
       sys.exit(_error_line(e))

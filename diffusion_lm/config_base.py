@@ -9,7 +9,7 @@ import dataclasses
 
 import ml_collections
 
-from diffusion_lm.diffusion import samplers
+from diffusion_lm.diffusion import sampler_options
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
       local_width=0,
       # The model runs its rows in this many independent slices (the same
       # numbers): on a CPU 4 is 1.2-1.4x faster to train and sample
-      # (transformer.in_slices). Must divide train.batch_size.
+      # (batching.in_slices). Must divide train.batch_size.
       batch_slices=1,
       # Recompute each block's activations in the backward pass: 'none',
       # 'full' (keep only each block's input) or 'dots' (keep the weight
@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir="",  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
       tokenizer="byte",  # 'byte' | 'char' (text8's 27 symbols) | 'sentencepiece'
       # sentencepiece: a .model file, absolute or relative to the corpus's
-      # prepared data directory (where diffusion_lm.data.train_tokenizer puts it).
+      # prepared data directory (where diffusion_lm.train_tokenizer puts it).
       tokenizer_model="",
       # vocab_size > 0: when data.tokenizer_model does not exist yet, the
       # main job first trains it on the train split (tokenizer_training);
@@ -133,8 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
       length=0,  # 0 = data.seq_len.
       seed=0,
       # The sampler and its options, with their defaults: see
-      # samplers.SamplerOptions and samplers.SAMPLER_OPTIONS.
-      **dataclasses.asdict(samplers.SamplerOptions()),
+      # sampler_options.SamplerOptions and sampler_options.SAMPLER_OPTIONS.
+      **dataclasses.asdict(sampler_options.SamplerOptions()),
   )
 
   c.mesh = dict(

@@ -7,7 +7,7 @@ class UserError(ValueError):
 
 
 class NotPrepared(UserError):
-  """A downloaded corpus that `python -m diffusion_lm.data.prepare` has not
+  """A downloaded corpus that `python -m diffusion_lm.prepare` has not
   prepared yet. Command lines complete the message with the prepare command
   for their own --config flags."""
 
@@ -15,5 +15,5 @@ class NotPrepared(UserError):
     self.corpus, self.data_dir = corpus, data_dir
     super().__init__(
         f"data.corpus={corpus!r} is not prepared in {data_dir}; prepare it "
-        "once with python -m diffusion_lm.data.prepare and the same --config "
+        "once with python -m diffusion_lm.prepare and the same --config "
         "flags")

@@ -21,16 +21,11 @@ or more, else from the spread between rows, which overestimates it (rows
 differ in their true NELBO too). NELBOs come off the device in float32 and
 are summed in float64.
 
-`evaluate_checkpoint` is --mode=eval: a workdir's newest intact checkpoint on
-a split, written to <workdir>/eval_<split>.json.
-
 A whole split shows its progress (_Progress): a bar when stderr is a
 terminal, else a log line with the ETA every minute (none for a shorter one).
 """
 
-import json
 import math
-import os
 import sys
 import time
 
@@ -40,7 +35,7 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from diffusion_lm import autoregressive, metrics, parallel, validation
+from diffusion_lm import autoregressive, parallel
 from diffusion_lm.data import pipeline
 from diffusion_lm.diffusion import objective
 
@@ -180,46 +175,3 @@ class EvalSplit:
     if self.truncated:
       result["truncated_documents"] = self.truncated
     return result
-
-
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """Bounds of the newest intact checkpoint in `workdir` on config.eval.split.
-
-  Model, data and tokenizer come from the checkpoint, but where the data is
-  read and prepared (data.files, data.data_dir) comes from `config`, as do
-  the eval group and the mesh; another data field that differs from the
-  checkpoint's is logged. Results go to <workdir>/eval_<split>.json (strict
-  JSON, metrics.strict; written whole, via a temporary file).
-  """
-  from diffusion_lm import api  # pylint: disable=g-import-not-at-top
-  devices = {"devices": jax.devices(), "process_count": jax.process_count(),
-             "training": False}
-  validation.check(config, **devices)
-  mesh = parallel.make_mesh(config.mesh)
-  lm = api.load(workdir, mesh=mesh, data_dir=config.data.data_dir,
-                files=config.data.files,
-                require_checksums=config.train.require_checksums)
-  # As plain values: a group (a ConfigDict) never equals a dict, nor a
-  # locked or frozen copy of itself.
-  given, saved = config.data.to_dict(), lm.config.data.to_dict()
-  for field, value in given.items():
-    if field not in api.DATA_LOCATIONS and value != saved[field]:
-      logging.warning("data.%s: evaluating with the checkpoint's %r (the "
-                      "model's data), not %r", field, saved[field], value)
-  run_config = lm.config.copy_and_resolve_references()
-  run_config.update({"eval": config.eval, "mesh": config.mesh})
-  validation.check(run_config, **devices)  # The split of the model's corpus.
-  eval_step = make_eval_step(
-      lm.graphdef, jax.tree.map(lambda x: x.sharding, lm.params), mesh,
-      lm.tokenizer.mask_id, config.eval.num_t_samples)
-  split = config.eval.split
-  result = EvalSplit(run_config, lm.tokenizer, split).evaluate(
-      eval_step, lm.params, mesh)
-  if jax.process_index() == 0:
-    record = {"step": lm.step, "split": split,
-              "num_t_samples": config.eval.num_t_samples, **result}
-    metrics.write_atomically(
-        os.path.join(workdir, f"eval_{split}.json"),
-        json.dumps(metrics.strict(record), indent=2, allow_nan=False))
-  logging.info("%s split at step %d: %s", split, lm.step, result)
-  return result

@@ -60,13 +60,11 @@ def main():
     parallel.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
   if _MODE.value == "eval":
-    from diffusion_lm import evaluation  # pylint: disable=g-import-not-at-top
-    evaluation.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    from diffusion_lm import api  # pylint: disable=g-import-not-at-top
+    api.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   else:
     train_then_sample(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  # train_and_evaluate and evaluation.evaluate_checkpoint check it against
-  # the devices.
-  cli.run(main, check_config=False)
+  cli.run(main)

@@ -18,20 +18,18 @@ at each write (an object is replaced whole or not at all). TensorBoard events
 on gs:// need google-cloud-storage (tensorboardX's GCS writer).
 """
 
-import contextlib
 import importlib
 import json
 import math
 import os
 import time
-import uuid
 
 import jax
 from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter
 
-from diffusion_lm import errors, workdir_lock
+from diffusion_lm import errors, files
 
 # Dense bf16 peak FLOP/s per chip, matched against jax.Device.device_kind.
 PEAK_FLOPS = {
@@ -88,26 +86,6 @@ def strict(record: dict) -> dict:
           "nonfinite": nonfinite}
 
 
-def write_atomically(path: str, data: str | bytes) -> None:
-  """Writes `data` (text as UTF-8) to `path` through a temporary file beside
-  it: the file is complete or unchanged, and no temporary file stays behind.
-  A URL (gs://) is written directly: an object store replaces an object
-  whole."""
-  if isinstance(data, str):
-    data = data.encode("utf-8")
-  if workdir_lock.is_url(path):
-    epath.Path(path).write_bytes(data)
-    return
-  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-  try:
-    with open(tmp, "xb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-
-
 def _read_lines(path: str) -> list[tuple[str, dict]]:
   """(line, record) of a metrics.jsonl; a torn last line is dropped and
   reported, a bad line elsewhere is an error naming it."""
@@ -151,14 +129,14 @@ class MetricWriter:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if resume_step is not None:
       self._truncate_after(resume_step)
-    if workdir_lock.is_url(workdir):  # Rewritten whole (module docstring).
+    if files.is_url(workdir):  # Rewritten whole (module docstring).
       self._jsonl, self._lines = None, (
           [line for line, _ in _read_lines(self.path)]
           if epath.Path(self.path).exists() else [])
     else:
       self._jsonl = open(self.path, "a", encoding="utf-8")
     tensorboard_dir = os.path.join(workdir, "tensorboard")
-    if workdir_lock.is_url(tensorboard_dir):
+    if files.is_url(tensorboard_dir):
       _check_gcs_client(tensorboard_dir)
     self._tb = SummaryWriter(tensorboard_dir)
 
@@ -172,7 +150,7 @@ class MetricWriter:
 
     kept = "".join(line for line, r in _read_lines(self.path) if before(r))
     if kept != text:
-      write_atomically(self.path, kept)
+      files.write_atomically(self.path, kept)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -182,7 +160,7 @@ class MetricWriter:
                       allow_nan=False) + "\n"
     if self._jsonl is None:
       self._lines.append(line)
-      write_atomically(self.path, "".join(self._lines))
+      files.write_atomically(self.path, "".join(self._lines))
     else:
       self._jsonl.write(line)
       self._jsonl.flush()

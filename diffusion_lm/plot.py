@@ -34,7 +34,7 @@ from matplotlib import collections
 from matplotlib import patches
 from matplotlib import pyplot as plt
 
-from diffusion_lm import cli, errors, metrics, workdir_lock
+from diffusion_lm import cli, errors, files, metrics
 
 # ------------------------------------------------------------------ Curves
 
@@ -86,7 +86,7 @@ def curves(records: list[dict], title: str = ""):
 def _write(path: str, write_local) -> None:
   """Calls write_local(local_path) to write `path`, through a temporary
   local file when `path` is a URL (gs://)."""
-  if not workdir_lock.is_url(path):
+  if not files.is_url(path):
     write_local(path)
     return
   with tempfile.TemporaryDirectory() as tmp:

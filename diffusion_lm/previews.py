@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffusion_lm import autoregressive, models
-from diffusion_lm.diffusion import samplers, schedules
+from diffusion_lm.diffusion import sampler_options, samplers, schedules
 
 PREVIEWS = 4  # Rows sampled at each evaluation, at most.
 
@@ -32,7 +32,7 @@ class Previews:
     self.tokenizer = tokenizer
     self._init_BxL = np.full((rows, length), tokenizer.mask_id, np.int32)
     self._key = jax.random.PRNGKey(sample.seed)
-    options = samplers.make_options(sample, {})
+    options = sampler_options.make_options(sample, {})
     if config.model.objective == "autoregressive":
       self._generate = functools.partial(
           autoregressive.generate, graphdef, bos_id=tokenizer.mask_id,

@@ -8,7 +8,7 @@ Config and tokenizer come from the checkpoint (the newest intact one;
 --require_checksums passes over one without checksums too); flags left unset
 take the config's `sample` defaults, and the config with the flags set is
 checked whole (validation.check) before sampling. Every option of
-samplers.SamplerOptions is a flag (`--steps`, `--threshold`, `--gamma`,
+sampler_options.SamplerOptions is a flag (`--steps`, `--threshold`, `--gamma`,
 `--eta`, ...); passing one the sampler does not read is an error. Prints
 the samples, then network calls per generated token, tokens/s and the wall
 time. --output writes one JSON object per sample (JSONL), all at once when
@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from diffusion_lm import cli, errors, metrics, validation
-from diffusion_lm.diffusion import samplers
+from diffusion_lm import cli, errors, files, validation
+from diffusion_lm.diffusion import sampler_options
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Number of samples.")
@@ -49,8 +49,8 @@ _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
 _OPTIONS = {
     f.name: _DEFINE[type(f.default)](
         f.name, None, f"sample.{f.name}, read by: " + ", ".join(
-            s for s, names in samplers.SAMPLER_OPTIONS.items() if f.name in names))
-    for f in dataclasses.fields(samplers.SamplerOptions)}
+            s for s, names in sampler_options.SAMPLER_OPTIONS.items() if f.name in names))
+    for f in dataclasses.fields(sampler_options.SamplerOptions)}
 flags.mark_flag_as_required("workdir")
 
 _HIDDEN = "\u00b7"  # Stands for a token not committed yet.
@@ -117,7 +117,7 @@ def main():
            else " (compilation included; --timed_runs=3 leaves it out)")
         + f"; first run {seconds[0]:.1f}s")
   if _OUTPUT.value:
-    metrics.write_atomically(_OUTPUT.value, "".join(
+    files.write_atomically(_OUTPUT.value, "".join(
         json.dumps({"text": text, "prompt": _PROMPT.value, "step": lm.step,
                     "network_calls": int(n)}) + "\n"
         for text, n in zip(texts, np.asarray(result.calls_B))))

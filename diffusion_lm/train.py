@@ -1,7 +1,8 @@
 """train_and_evaluate(config, workdir): the training loop, top to bottom.
 
-Checks the whole config first (validation.check), then holds the workdir's
-lock (workdir_lock) while it runs. Resumes from the newest intact checkpoint
+Checks the whole config first (validation.check, and step_memory.check:
+the step fits the devices), then holds the workdir's lock (workdir_lock)
+while it runs. Resumes from the newest intact checkpoint
 in the workdir when there is one, then checks that the tokenizer can encode
 the corpus (tokenizers.check_documents) before it trains. A run refused
 before its first write leaves the workdir as it found it. Metrics are
@@ -27,189 +28,18 @@ old parameters, optimizer state and EMA instead, counted in
 train/skipped_steps.
 """
 
-import dataclasses
-import functools
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
-import optax
 from absl import logging
-from flax import nnx
 
-from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
-                          metrics, models, parallel, previews, validation,
+from diffusion_lm import (checkpoints, errors, evaluation, metrics, models,
+                          parallel, previews, step_memory, train_step, validation,
                           workdir_lock)
 from diffusion_lm.data import corpora, pipeline, tokenizer_training, tokenizers
-from diffusion_lm.diffusion import objective, schedules
-
-
-def learning_rate_schedule(train_config) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
-      peak_value=train_config.learning_rate,
-      warmup_steps=train_config.warmup_steps,
-      decay_steps=max(train_config.steps, train_config.warmup_steps + 1),
-      end_value=train_config.learning_rate * train_config.final_lr_fraction)
-
-
-def make_optimizer(train_config) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay and global-norm clipping (off when
-  grad_clip is 0); no decay on vectors (norm scales)."""
-  return optax.chain(
-      optax.clip_by_global_norm(train_config.grad_clip)
-      if train_config.grad_clip > 0 else optax.identity(),
-      optax.adamw(learning_rate_schedule(train_config), b1=train_config.b1,
-                  b2=train_config.b2, weight_decay=train_config.weight_decay,
-                  mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
-
-
-def init_state(model_cfg, optimizer, train_config) -> dict:
-  """The train state: params, optimizer state, EMA (optional), step and RNG;
-  health: the first step with a non-finite loss or gradient (0: none; the
-  steps counted from 1) and the steps skipped for one; and data_order: the
-  seed offset of the training data's order (pipeline.train_dataset), which
-  changes when a job resumes from a data position that does not apply
-  (another train.batch_size)."""
-  init_key, loop_key = jax.random.split(jax.random.PRNGKey(train_config.seed))
-  params = models.init_params(model_cfg, init_key)
-  state = {
-      "params": params,
-      "opt_state": optimizer.init(params),
-      "loop": {"step": jnp.int32(0), "rng": loop_key},
-      "health": {"first_nonfinite_step": jnp.int32(0),
-                 "skipped_steps": jnp.int32(0)},
-      "data_order": {"seed_offset": jnp.int32(0)},
-  }
-  if train_config.ema_decay > 0:
-    state["ema"] = params
-  return state
-
-
-def state_shardings(abstract_state, param_shardings, optimizer, mesh) -> dict:
-  """Optimizer moments and EMA are sharded like the params they track."""
-  replicated = parallel.replicated(mesh)
-  shardings = {
-      "params": param_shardings,
-      "opt_state": optax.tree_map_params(
-          optimizer, lambda _, s: s, abstract_state["opt_state"], param_shardings,
-          transform_non_params=lambda _: replicated),
-      "loop": jax.tree.map(lambda _: replicated, abstract_state["loop"]),
-      "health": jax.tree.map(lambda _: replicated, abstract_state["health"]),
-      "data_order": jax.tree.map(lambda _: replicated,
-                                 abstract_state["data_order"]),
-  }
-  if "ema" in abstract_state:
-    shardings["ema"] = param_shardings
-  return shardings
-
-
-def make_loss(model_cfg, diffusion_config, mask_id: int):
-  """loss(model, batch, key) of the run's objective, in nats per scored
-  position: the NELBO (with the `diffusion` group's schedule, times and
-  masks), or for the autoregressive twin the next-token loss."""
-  slices = model_cfg.batch_slices
-  if model_cfg.causal:
-    return lambda model, batch, key: autoregressive.train_loss(
-        model, batch, mask_id, slices)
-  schedule = schedules.from_config(diffusion_config)
-  return lambda model, batch, key: objective.train_loss(
-      model, batch, key, schedule, mask_id, slices, diffusion_config.times,
-      diffusion_config.complementary_masks)
-
-
-def value_and_grad_in_parts(loss_fn, params, batch, key, parts: int):
-  """(loss, gradient) of loss_fn(params, batch, key), a loss per scored
-  position, with the batch in `parts` microbatches of strided rows (each
-  device keeps its rows) run one after another by lax.scan, so that only
-  one microbatch's activations are alive at a time.
-
-  Each part's loss is weighted by its scored positions (batch['weights']),
-  so for a loss without randomness the result is the whole batch's; part i
-  draws its randomness from fold_in(key, i).
-  """
-  if parts == 1:
-    return jax.value_and_grad(loss_fn)(params, batch, key)
-  rows = batch["tokens"].shape[0]
-  split = jax.tree.map(
-      lambda x: jnp.swapaxes(x.reshape(rows // parts, parts, *x.shape[1:]), 0, 1),
-      batch)
-
-  def add_part(totals, part_and_index):
-    part, i = part_and_index
-    value, grads = jax.value_and_grad(loss_fn)(params, part,
-                                               jax.random.fold_in(key, i))
-    scored = jnp.maximum(jnp.sum(part["weights"]), 1.0)
-    loss_sum, grad_sums = totals
-    return (loss_sum + value * scored,
-            jax.tree.map(lambda a, g: a + g * scored, grad_sums, grads)), None
-
-  zeros = (jnp.float32(0), jax.tree.map(jnp.zeros_like, params))
-  (loss_sum, grad_sums), _ = jax.lax.scan(add_part, zeros,
-                                          (split, jnp.arange(parts)))
-  scored = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
-  return loss_sum / scored, jax.tree.map(lambda g: g / scored, grad_sums)
-
-
-def make_train_step(graphdef, optimizer, loss, train_config, shardings, mesh,
-                    rules):
-  """jit(state, batch) -> (state, metrics); the old state's buffers are donated.
-
-  The gradient is accumulated over train.microbatches parts of the batch
-  (value_and_grad_in_parts). The metrics hold the state's health (module
-  doc): `first_nonfinite_step`, and `train/skipped_steps` when
-  train.skip_nonfinite_steps.
-  """
-  ema_decay = train_config.ema_decay
-  skip_nonfinite = train_config.skip_nonfinite_steps
-
-  def loss_fn(params, batch, key):
-    with parallel.activation_sharding(mesh, rules):
-      return loss(nnx.merge(graphdef, params), batch, key)
-
-  def train_step(state, batch):
-    step, rng = state["loop"]["step"], state["loop"]["rng"]
-    value, grads = value_and_grad_in_parts(
-        loss_fn, state["params"], batch, jax.random.fold_in(rng, step),
-        train_config.microbatches)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state["opt_state"],
-                                          state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new_state = {"params": params, "opt_state": opt_state,
-                 "loop": {"step": step + 1, "rng": rng},
-                 "data_order": state["data_order"]}
-    if "ema" in state:
-      new_state["ema"] = optax.incremental_update(params, state["ema"],
-                                                  1.0 - ema_decay)
-    health = dict(state["health"])
-    if skip_nonfinite:  # The old parameters, optimizer state and EMA stay.
-      for name in new_state.keys() & {"params", "opt_state", "ema"}:
-        new_state[name] = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                       new_state[name], state[name])
-      health["skipped_steps"] += (~finite).astype(jnp.int32)
-    else:
-      first = health["first_nonfinite_step"]
-      health["first_nonfinite_step"] = jnp.where((first == 0) & ~finite,
-                                                 step + 1, first)
-    new_state["health"] = health
-    step_metrics = {"train/loss": value, "train/grad_norm": grad_norm,
-                    "first_nonfinite_step": health["first_nonfinite_step"]}
-    if skip_nonfinite:
-      step_metrics["train/skipped_steps"] = health["skipped_steps"]
-    return new_state, step_metrics
-
-  batch_sharding = parallel.batch_sharding(mesh)
-  return jax.jit(
-      train_step,
-      in_shardings=(shardings, batch_sharding),  # One sharding for every array.
-      out_shardings=(shardings, parallel.replicated(mesh)),
-      donate_argnums=0)
 
 
 class _StopOnSigterm:
@@ -270,44 +100,9 @@ def compile_step(step_fn, state, batch, writer, step: int):
   seconds = time.perf_counter() - start
   writer.write(step, {"train/compile_s": seconds})
   size = metrics.compiled_bytes(compiled)
-  memory = "" if size is None else f"; {size / 2**30:.3f} GiB per device (XLA)"
-  logging.info("Compiled the train step in %.1f s%s.", seconds, memory)
+  xla = "" if size is None else f"; {size / 2**30:.3f} GiB per device (XLA)"
+  logging.info("Compiled the train step in %.1f s%s.", seconds, xla)
   return compiled
-
-
-@dataclasses.dataclass(frozen=True)
-class Training:
-  """The compiled pieces of a run, fixed by the config and the mesh."""
-
-  model_cfg: models.TransformerConfig
-  graphdef: nnx.GraphDef
-  param_shardings: dict
-  state_target: dict  # ShapeDtypeStructs of the train state, with shardings.
-  init: Callable[[], dict]  # A fresh train state, placed on the mesh.
-  step: Callable[[dict, dict], tuple[dict, dict]]
-
-
-def build(config, tokenizer, mesh) -> Training:
-  """The run's compiled pieces (the config checked by validation.check)."""
-  model_cfg = models.TransformerConfig.from_config(config.model,
-                                                   tokenizer.vocab_size)
-  graphdef, abstract_model_state = models.abstract_model(model_cfg)
-  param_shardings = parallel.state_shardings(abstract_model_state,
-                                             config.mesh.rules, mesh)
-  optimizer = make_optimizer(config.train)
-  init_fn = functools.partial(init_state, model_cfg, optimizer, config.train)
-  abstract_state = jax.eval_shape(init_fn)
-  shardings = state_shardings(abstract_state, param_shardings, optimizer, mesh)
-  return Training(
-      model_cfg=model_cfg,
-      graphdef=graphdef,
-      param_shardings=param_shardings,
-      state_target=parallel.with_shardings(abstract_state, shardings),
-      init=jax.jit(init_fn, out_shardings=shardings),
-      step=make_train_step(
-          graphdef, optimizer,
-          make_loss(model_cfg, config.diffusion, tokenizer.mask_id),
-          config.train, shardings, mesh, config.mesh.rules))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -319,6 +114,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   validation.check(config, devices=jax.devices(),
                    process_count=jax.process_count())
+  step_memory.check(config, jax.devices())
   with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir)
 
@@ -329,7 +125,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   tokenizer = tokenizers.from_config(config.data,
                                      corpora.prepared_dir(config.data))
   mesh = parallel.make_mesh(config.mesh)
-  training = build(config, tokenizer, mesh)
+  training = train_step.build(config, tokenizer, mesh)
   eval_name = checkpoints.eval_params_name(config.train)
   eval_step = evaluation.make_eval_step(training.graphdef,
                                         training.param_shardings, mesh,
@@ -366,7 +162,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       flops_per_step=tokens_per_step * metrics.train_flops_per_token(
           training.model_cfg, config.data.seq_len),
       peak_flops=peak and peak * jax.device_count(),
-      learning_rate=learning_rate_schedule(config.train),
+      learning_rate=train_step.learning_rate_schedule(config.train),
       devices=jax.device_count())
   logging.info("Model: %d parameters; mesh %s; %d steps of %d tokens.",
                models.count_params(state["params"]), dict(mesh.shape),

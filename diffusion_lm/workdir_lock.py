@@ -20,9 +20,8 @@ started within that moment would both proceed (a warning says so). A lock
 left there by a run on this host that is gone is taken over; one from
 another host is not.
 
-`check_writable_dir` refuses a local directory that is a file, lies under
-one or is not writable before anything is written; the lock checks its
-workdir so.
+The lock checks its workdir with files.check_writable_dir before anything
+is written.
 """
 
 import datetime
@@ -34,39 +33,9 @@ import socket
 from absl import logging
 from etils import epath
 
-from diffusion_lm import errors
+from diffusion_lm import errors, files
 
 LOCK_FILE = "lock"
-
-
-def is_url(path) -> bool:
-  """Whether `path` is a URL (gs://...), not a path of the local file system."""
-  return "://" in os.fspath(path)
-
-
-def absolute(workdir: str) -> str:
-  """A local workdir as an absolute path; a URL as it is."""
-  return workdir if is_url(workdir) else os.path.abspath(workdir)
-
-
-def check_writable_dir(path: str, name: str) -> None:
-  """Refuses a local directory that cannot be created or written to: a file,
-  one under a file, or one without write permission. `name` is the flag or
-  config field that gave `path`. A URL is not checked."""
-  if is_url(path):
-    return
-  path = os.path.abspath(path)
-  existing = path  # The directory itself or its nearest existing parent.
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise errors.UserError(
-        f"{name}={path} is not a directory" if existing == path else
-        f"{name}={path} lies under {existing}, which is not a directory")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise errors.UserError(
-        f"{name}={path} is not writable" if existing == path else
-        f"{name}={path} cannot be created: {existing} is not writable")
 
 
 def _alive(pid: int) -> bool:
@@ -112,7 +81,7 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.workdir = absolute(workdir)
+    self.workdir = files.absolute(workdir)
     self.path = os.path.join(self.workdir, LOCK_FILE)
     self.enabled = enabled
     self._fd = None
@@ -205,9 +174,9 @@ class WorkdirLock:
   def __enter__(self):
     if not self.enabled:
       return self
-    if is_url(self.workdir):
+    if files.is_url(self.workdir):
       return self._enter_url()
-    check_writable_dir(self.workdir, "--workdir")
+    files.check_writable_dir(self.workdir, "--workdir")
     self._created = not os.path.isdir(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self._entries = set(os.listdir(self.workdir))

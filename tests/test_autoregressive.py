@@ -8,9 +8,10 @@ import pytest
 from flax import nnx
 
 import diffusion_lm
-from diffusion_lm import autoregressive, errors, models, parallel, train
+from diffusion_lm import (autoregressive, errors, models, parallel,
+                          train_step)
 from diffusion_lm.data import markov, pipeline, tokenizers
-from diffusion_lm.diffusion import samplers
+from diffusion_lm.diffusion import sampler_options
 
 from test_markov_bound import CHAIN, train_on_markov
 
@@ -79,7 +80,7 @@ def test_generate_at_temperature_zero_is_the_greedy_continuation(model):
   # Bug caught: the loop feeding back the wrong token or position.
   graphdef, params = nnx.split(model)
   init = np.array([[3, 1, 4] + [BOS] * 5] * 2, np.int32)
-  options = samplers.SamplerOptions(temperature=0.0)
+  options = sampler_options.SamplerOptions(temperature=0.0)
   result = autoregressive.generate(graphdef, params, jax.random.PRNGKey(0), init,
                                    bos_id=BOS, eos_id=None, options=options)
   expected = greedy_by_full_forward(model, [3, 1, 4], 8)
@@ -96,7 +97,7 @@ def test_rows_with_longer_prompts_read_them_on(model):
   init = np.array([[3, 1, 4, 1] + [BOS] * 4, [2, 7] + [BOS] * 6], np.int32)
   result = autoregressive.generate(
       graphdef, params, jax.random.PRNGKey(0), init, bos_id=BOS, eos_id=None,
-      options=samplers.SamplerOptions(temperature=0.0))
+      options=sampler_options.SamplerOptions(temperature=0.0))
   np.testing.assert_array_equal(result.tokens_BxL, [
       greedy_by_full_forward(model, [3, 1, 4, 1], 8),
       greedy_by_full_forward(model, [2, 7], 8)])
@@ -109,7 +110,7 @@ def test_rows_stop_at_their_eos(model):
   greedy = greedy_by_full_forward(model, [3], 8)
   eos = greedy[2]  # Make the greedy row's third token its EOS.
   init = np.array([[3] + [BOS] * 7], np.int32)
-  options = samplers.SamplerOptions(temperature=0.0, stop_at_eos=True)
+  options = sampler_options.SamplerOptions(temperature=0.0, stop_at_eos=True)
   result = autoregressive.generate(graphdef, params, jax.random.PRNGKey(0), init,
                                    bos_id=BOS, eos_id=eos, options=options)
   assert int(result.length_B[0]) == 2
@@ -156,7 +157,7 @@ def test_ar_variant_trains_on_the_same_batches(tiny_config):
   mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
                             devices=jax.devices()[:1])
   tokenizer = tokenizers.ByteTokenizer()
-  training = train.build(tiny_config, tokenizer, mesh)
+  training = train_step.build(tiny_config, tokenizer, mesh)
   batch = next(iter(pipeline.train_dataset(tiny_config, tokenizer)))
   _, metrics = training.step(training.init(), parallel.global_batch(batch, mesh))
   # A fresh model predicts uniformly: the next-token loss is log(257).

@@ -1,4 +1,4 @@
-"""The memory per device (validation.memory_per_device) against XLA's own
+"""The memory per device (step_memory.per_device) against XLA's own
 accounting of the compiled train step (memory_analysis() on CPU), and
 budget.py's command line."""
 
@@ -15,7 +15,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO, load_tiny_config, run_module
-from diffusion_lm import budget, errors, metrics, parallel, train, validation
+from diffusion_lm import budget, errors, metrics, parallel, step_memory, train_step
 
 
 class _Vocab:
@@ -49,7 +49,7 @@ def compiled_bytes(config, layout) -> int:
   mesh = parallel.make_mesh(
       ml_collections.ConfigDict(dict(zip(parallel.MESH_AXES, layout))),
       devices=jax.devices()[:int(np.prod(layout))])
-  training = train.build(config, _Vocab(), mesh)
+  training = train_step.build(config, _Vocab(), mesh)
   rows = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len),
                               np.int32, sharding=parallel.batch_sharding(mesh))
   batch = {"tokens": rows, "weights": rows.update(dtype=np.float32)}
@@ -67,10 +67,10 @@ def test_memory_estimate_is_within_20_percent_of_the_compiled_step():
   for layout, fields in CONFIGS:
     config = config_of(fields)
     actual = compiled_bytes(config, layout)
-    estimate = validation.memory_per_device(
+    estimate = step_memory.per_device(
         config, _Vocab.vocab_size, dict(zip(parallel.MESH_AXES, layout)))
     assert estimate["total"] == pytest.approx(
-        actual, rel=validation.ESTIMATE_ERROR), (
+        actual, rel=step_memory.ESTIMATE_ERROR), (
         layout, fields, estimate, actual)
     measured[layout, tuple(fields.values())] = actual
   one = (1, 1, 1)

@@ -9,7 +9,7 @@ import pytest
 
 from diffusion_lm import chain_oracle, config_base, errors, quality
 from diffusion_lm.data import markov, tokenizers
-from diffusion_lm.diffusion import samplers
+from diffusion_lm.diffusion import sampler_options, samplers
 
 TOKENIZER = tokenizers.ByteTokenizer()
 N, L = 5, 7  # Symbols a document, positions a row (EOS after the document).
@@ -74,7 +74,7 @@ def sample_with_oracle(data, num_rows, **options):
   result = samplers.sample(
       denoiser, chain, jax.random.PRNGKey(0), init, mask_id=TOKENIZER.mask_id,
       eos_id=TOKENIZER.eos_id, reads_mask_rate=False,
-      options=samplers.SamplerOptions(float64=True, **options))
+      options=sampler_options.SamplerOptions(float64=True, **options))
   log2_q = quality.replay_log2_probs(denoiser, chain, result, TOKENIZER.mask_id)
   docs = np.asarray(result.tokens_BxL)[:, :N] - ord("a")
   return result, docs, log2_q

@@ -24,8 +24,7 @@ from conftest import run_module
 from test_faults import (assert_one_clear_error, copy_run,
                          run, strict_json)  # pylint: disable=unused-import
 
-from diffusion_lm import (api, checkpoints, errors, evaluation, parallel,
-                          train)
+from diffusion_lm import api, checkpoints, errors, parallel, train, train_step
 from diffusion_lm.data import pipeline, tokenizers
 
 ARRAY_FILES = "params/ocdbt.process_0/d/*"  # The parameters' compressed chunks.
@@ -177,7 +176,7 @@ def test_load_and_eval_pass_over_every_damage(run, tmp_path, caplog):
   caplog.clear()
   config = run[1].copy_and_resolve_references()
   config.lock()  # As the command line's --config is.
-  result = evaluation.evaluate_checkpoint(config, workdir)
+  result = api.evaluate_checkpoint(config, workdir)
   assert_passed_over(caplog.text, steps)
   with open(os.path.join(workdir, "eval_test.json")) as f:
     assert strict_json(f.read())["step"] == 6
@@ -256,7 +255,7 @@ def test_resume_can_require_checksums(run, tmp_path):
   workdir, _ = stacked(run, tmp_path, {"unverified": (
       sums_lost_and_params_of_step_3, "")})
   config, tokenizer = run[1], tokenizers.ByteTokenizer()
-  training = train.build(config, tokenizer, parallel.make_mesh(config.mesh))
+  training = train_step.build(config, tokenizer, parallel.make_mesh(config.mesh))
   step, _, _ = checkpoints.resume(
       checkpoints.manager(workdir), training.state_target,
       lambda offset: iter(pipeline.train_dataset(config, tokenizer,

@@ -397,7 +397,7 @@ def test_command_lines_print_the_prepare_command_for_their_flags(tmp_path):
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: data.corpus='openwebtext' is not prepared in {tmp_path}; "
-      f"prepare it with: python -m diffusion_lm.data.prepare {flags[0]} "
+      f"prepare it with: python -m diffusion_lm.prepare {flags[0]} "
       f"{flags[1]} {flags[2]} --config.train.steps=2 "
       f"--config.eval.split=validation --config.data.data_dir={tmp_path}")
 
@@ -406,7 +406,7 @@ def test_command_lines_print_the_prepare_command_for_their_flags(tmp_path):
 def test_prepare_cli_prepares_text8_from_a_manual_dir(tmp_path):
   text = write_text8_zip(tmp_path / "manual", num_chars=250_000)
   data_dir = tmp_path / "tfds"
-  result = run_module("diffusion_lm.data.prepare", f"--config={TINY_CONFIG}",
+  result = run_module("diffusion_lm.prepare", f"--config={TINY_CONFIG}",
                       "--config.data.corpus=text8", f"--config.data.data_dir={data_dir}",
                       f"--manual_dir={tmp_path / 'manual'}")
   lines = result.stdout.splitlines()[-5:]  # After TFDS's own lines.
@@ -419,7 +419,7 @@ def test_prepare_cli_prepares_text8_from_a_manual_dir(tmp_path):
   config.data.corpus = "text8"
   train = corpora.builder(config.data).as_data_source("train")
   assert b"".join(ex["text"] for ex in train) == text[:225_000]
-  bad = run_module("diffusion_lm.data.prepare", f"--config={TINY_CONFIG}",
+  bad = run_module("diffusion_lm.prepare", f"--config={TINY_CONFIG}",
                    f"--config.data.data_dir={data_dir}", "--config.data.corpus=text8",
                    f"--manual_dir={tmp_path / 'missing'}", check=False)
   assert bad.returncode == 1

@@ -27,8 +27,9 @@ import pytest
 
 from conftest import REPO, TINY_CONFIG, config_flags, load_tiny_config, run_module
 
-from diffusion_lm import (api, checkpoints, config_base, errors, evaluation,
-                          metrics, parallel, train, validation, workdir_lock)
+from diffusion_lm import (api, checkpoints, config_base, errors,
+                          metrics, parallel, train, train_step, validation,
+                          workdir_lock)
 from diffusion_lm.data import local_files, pipeline, tokenizers
 
 TOKENIZER = tokenizers.ByteTokenizer()
@@ -202,7 +203,7 @@ def test_a_nonfinite_step_is_skipped_or_recorded(tiny_config, skip):
   tiny_config.train.update(skip_nonfinite_steps=skip, ema_decay=0.9)
   mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1}),
                             devices=jax.devices()[:1])
-  training = train.build(tiny_config, TOKENIZER, mesh)
+  training = train_step.build(tiny_config, TOKENIZER, mesh)
   state = training.init()
   before = jax.device_get(state)
   state, step_metrics = training.step(
@@ -247,7 +248,7 @@ def test_nonfinite_parameters_are_neither_saved_nor_evaluated_nor_sampled(
                      r"values \(params\['embed'\]\)"):
     api.load(workdir)
   with pytest.raises(errors.UserError, match="holds NaN or infinite"):
-    evaluation.evaluate_checkpoint(run[1], workdir)
+    api.evaluate_checkpoint(run[1], workdir)
   assert not glob.glob(os.path.join(workdir, "eval_*.json"))
 
 
@@ -273,7 +274,7 @@ def test_flipped_bytes_fall_back_to_the_previous_checkpoint_and_resume_exactly(
   caplog.set_level(logging.WARNING)
   assert api.load(workdir).step == 3
   assert "The checkpoint at step 6 in" in caplog.text and "cannot be used" in caplog.text
-  result = evaluation.evaluate_checkpoint(run[1], workdir)
+  result = api.evaluate_checkpoint(run[1], workdir)
   with open(os.path.join(workdir, "eval_test.json")) as f:
     assert strict_json(f.read())["step"] == 3
   assert math.isfinite(result["bits_per_byte"])
@@ -396,7 +397,7 @@ def test_eval_reads_and_prepares_data_where_the_user_says(run, tmp_path,
   config = load_tiny_config(tmp_path / "tfds", str(files / "*.txt"))
   config.data.seq_len = 16
   caplog.set_level(logging.INFO)
-  evaluation.evaluate_checkpoint(config, workdir)
+  api.evaluate_checkpoint(config, workdir)
   assert "text_files" in os.listdir(tmp_path / "tfds")  # Prepared there.
   for field in ("data_dir", "files"):
     assert (f"data.{field}={config.data[field]!r} (the checkpoint's: "

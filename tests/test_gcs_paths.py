@@ -15,7 +15,7 @@ from etils.epath import backend
 from fsspec.implementations import local
 from tensorboardX import SummaryWriter
 
-from diffusion_lm import checkpoints, errors, metrics, workdir_lock
+from diffusion_lm import checkpoints, errors, files, metrics, workdir_lock
 
 
 @pytest.fixture()
@@ -75,7 +75,7 @@ def test_metrics_on_a_bucket_are_rewritten_whole_and_truncated_on_resume(
 
 def test_write_atomically_writes_an_object_whole(bucket):
   # Bug: the temporary file and os.replace were local-only operations.
-  metrics.write_atomically("gs://b/run/eval_test.json", '{"a": 1}')
+  files.write_atomically("gs://b/run/eval_test.json", '{"a": 1}')
   assert json.loads((bucket / "b" / "run" / "eval_test.json").read_text()) == {
       "a": 1}
   assert os.listdir(bucket / "b" / "run") == ["eval_test.json"]

@@ -149,7 +149,7 @@ def test_tpu_single_step_dry_runs(args, expected):
 
 @pytest.mark.parametrize("command", [
     ["python", "-m", "diffusion_lm.main", "--multihost", "--workdir=gs://b"],
-    ["python", "-m", "diffusion_lm.data.prepare", "--config=configs/text8.py"],
+    ["python", "-m", "diffusion_lm.prepare", "--config=configs/text8.py"],
 ])
 def test_tpu_run_multihost_only_once_and_only_for_main(command):
   # Catches: --multihost added twice (absl error) or added to a module that

@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 from scipy import special
 
-from diffusion_lm import models
+from diffusion_lm import batching, models
 from diffusion_lm.diffusion import objective, schedules
 from diffusion_lm.models.transformer import TransformerConfig
 
@@ -279,6 +279,6 @@ def test_batch_slices_give_the_same_loss_and_gradient():
   np.testing.assert_allclose(nelbo(4), nelbo(1), rtol=1e-5)
   logits = lambda rows: model(rows["z"], rows["rate"])
   rows = {"z": batch["tokens"], "rate": jnp.linspace(0.1, 0.9, 8)}
-  in_slices = jax.jit(lambda slices: objective.in_slices(logits, rows, slices),
+  in_slices = jax.jit(lambda slices: batching.in_slices(logits, rows, slices),
                       static_argnums=0)
   np.testing.assert_allclose(in_slices(4), in_slices(1), rtol=1e-5, atol=1e-6)

@@ -10,7 +10,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import load_tiny_config
-from diffusion_lm import checkpoints, errors, parallel, train, validation
+from diffusion_lm import (checkpoints, errors, parallel, train_step,
+                          validation)
 from diffusion_lm.data import pipeline, tokenizers
 
 TOKENIZER = tokenizers.ByteTokenizer()
@@ -39,7 +40,7 @@ def test_mesh_shapes_and_errors():
 def test_params_are_sharded_by_the_rules(tiny_config):
   # Catches: a rule not applied (heads or MLP units whole on every tensor
   # device), optimizer moments placed unlike their parameters.
-  state = train.build(tiny_config, TOKENIZER, mesh(2, 2, 2)).init()
+  state = train_step.build(tiny_config, TOKENIZER, mesh(2, 2, 2)).init()
   block = state["params"]["blocks"][0]
   assert block["attn"]["qkv"].sharding.spec == P("fsdp", None, "tensor", None)
   assert block["mlp"]["down"].sharding.spec == P("tensor", "fsdp")
@@ -97,7 +98,7 @@ def layouts(data_dir):
   for layout, slices in LAYOUTS.items():
     config.model.batch_slices = slices
     m = mesh(*layout)
-    training = train.build(config, _Vocab(), m)
+    training = train_step.build(config, _Vocab(), m)
     state, batch = training.init(), parallel.global_batch(batch_np, m)
     step = training.step.lower(state, batch).compile()
     losses = []
@@ -165,7 +166,7 @@ def test_tensor_layout_has_megatron_collectives_and_gathers_no_whole_weight(
 
 @pytest.mark.slow
 def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
-  training = train.build(tiny_config, TOKENIZER, mesh(8, 1))
+  training = train_step.build(tiny_config, TOKENIZER, mesh(8, 1))
   data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))
   state, _ = training.step(training.init(),
                            parallel.global_batch(next(data), mesh(8, 1)))
@@ -174,7 +175,7 @@ def test_checkpoint_restores_onto_a_different_mesh(tiny_config, tmp_path):
   mngr.wait_until_finished()
   expected_next = next(data)["tokens"]
 
-  target = train.build(tiny_config, TOKENIZER, mesh(2, 2, 2)).state_target
+  target = train_step.build(tiny_config, TOKENIZER, mesh(2, 2, 2)).state_target
   fresh_data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))
   restored = checkpoints.restore_train_state(mngr, 1, target)
   checkpoints.restore_data_position(mngr, 1, fresh_data)

@@ -41,7 +41,7 @@ def test_evaluation_progress_is_a_bar_on_a_terminal_and_rare_lines_in_logs(
 def test_prepare_prints_no_progress_bars_off_a_terminal(tmp_path):
   # Bug: TFDS's bars ("Generating splits...") filled captured output.
   corpus = write_corpus(tmp_path / "corpus", num_files=4)
-  result = run_module("diffusion_lm.data.prepare",
+  result = run_module("diffusion_lm.prepare",
                       *config_flags(corpus, str(tmp_path / "tfds")))
   assert "test" in result.stdout
   assert "Generating" not in result.stderr and "\r" not in result.stderr

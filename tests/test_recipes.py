@@ -14,7 +14,7 @@ from conftest import REPO
 from fixtures import (LM1B_HELDOUT, LM1B_TRAIN, sentences, write_lm1b_archive,
                       write_owt_texts, write_text8_zip)
 
-from diffusion_lm import api, metrics, train
+from diffusion_lm import api, files, train
 from diffusion_lm.data import corpora, pipeline, tokenizer_training, tokenizers
 
 
@@ -32,7 +32,7 @@ def with_sentencepiece(config, vocab_size: int):
   builder = corpora.builder(config.data)
   model = tokenizer_training.train_model(builder, vocab_size, "bpe")
   path = f"{builder.data_dir}/spm_tiny.model"
-  metrics.write_atomically(path, model)
+  files.write_atomically(path, model)
   config.data.tokenizer_model = "spm_tiny.model"
 
 

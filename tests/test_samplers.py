@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from diffusion_lm import errors
-from diffusion_lm.diffusion import samplers, schedules
+from diffusion_lm.diffusion import sampler_options, samplers, schedules
 
 M = MASK = 3
 EOS = 2
@@ -116,7 +116,7 @@ class CountsOthers:
 
 
 def options(sampler, **kwargs):
-  return samplers.SamplerOptions(sampler=sampler, **kwargs)
+  return sampler_options.SamplerOptions(sampler=sampler, **kwargs)
 
 
 @functools.cache
@@ -519,7 +519,7 @@ def test_stop_at_eos(sampler):
 # ---------------------------------------------------------------- options
 
 
-DEFAULTS = {**dataclasses.asdict(samplers.SamplerOptions()), "num_samples": 4,
+DEFAULTS = {**dataclasses.asdict(sampler_options.SamplerOptions()), "num_samples": 4,
             "length": 0, "seed": 0}
 
 
@@ -527,9 +527,9 @@ DEFAULTS = {**dataclasses.asdict(samplers.SamplerOptions()), "num_samples": 4,
 # kept (which would recompile for nothing), or a field missing from an older
 # config failing.
 def test_make_options_merges_defaults_and_explicit():
-  opts = samplers.make_options(DEFAULTS, {"steps": 8, "threshold": None})
-  assert opts == samplers.SamplerOptions(steps=8)
-  opts = samplers.make_options({"sampler": "threshold", "threshold": 0.5,
+  opts = sampler_options.make_options(DEFAULTS, {"steps": 8, "threshold": None})
+  assert opts == sampler_options.SamplerOptions(steps=8)
+  opts = sampler_options.make_options({"sampler": "threshold", "threshold": 0.5,
                                 "gamma": 3.0}, {"temperature": 0})
   assert opts == options("threshold", threshold=0.5, temperature=0.0)
 
@@ -565,7 +565,7 @@ def test_make_options_merges_defaults_and_explicit():
 ])
 def test_bad_options_are_rejected(explicit, pattern):
   with pytest.raises(errors.UserError, match=pattern):
-    samplers.make_options(DEFAULTS, explicit)
+    sampler_options.make_options(DEFAULTS, explicit)
 
 
 # Catches: sample() running unchecked options, EOS stopping without an EOS id,

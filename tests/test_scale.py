@@ -13,7 +13,7 @@ from flax import nnx
 
 from conftest import load_tiny_config
 from diffusion_lm import (autoregressive, errors, metrics, models, parallel,
-                          train, validation)
+                          train, train_step, validation)
 from diffusion_lm.models import transformer
 
 TOKENIZER_SIZE = 256
@@ -46,7 +46,7 @@ def steps(config, n=2, program=None):
   """Losses, gradient norms and the final state of n train steps; the
   step's lowered program (StableHLO) is appended to `program`."""
   mesh = one_device()
-  training = train.build(config, _Vocab(), mesh)
+  training = train_step.build(config, _Vocab(), mesh)
   state, batch = training.init(), parallel.global_batch(BATCH, mesh)
   if program is not None:
     program.append(training.step.lower(state, batch).as_text())
@@ -102,7 +102,7 @@ def test_scanned_program_does_not_grow_with_depth():
   # Catches: scan_layers unrolling the blocks (compile time growing with
   # depth, as it does without scan).
   def program_lines(**fields):
-    training = train.build(tiny(**fields), _Vocab(), one_device())
+    training = train_step.build(tiny(**fields), _Vocab(), one_device())
     state = jax.eval_shape(training.init)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in BATCH.items()}
     return len(training.step.lower(state, batch).as_text().splitlines())

@@ -101,7 +101,7 @@ def data_config(corpus_glob, data_dir, **overrides):
 @pytest.fixture(scope="module")
 def trained(corpus_glob, data_dir):
   """train_tokenizer's output: (model path, its stdout), run once."""
-  result = run_module("diffusion_lm.data.train_tokenizer",
+  result = run_module("diffusion_lm.train_tokenizer",
                       *config_flags(corpus_glob, data_dir), "--vocab_size=300")
   prepared = corpora.builder(data_config(corpus_glob, data_dir)).data_dir
   return os.path.join(prepared, "spm_unigram_300.model"), result.stdout
@@ -172,7 +172,7 @@ def test_from_config_errors_name_the_field_or_file(trained, corpus_glob, data_di
   missing = os.path.join(os.path.dirname(trained[0]), "nope.model")
   with pytest.raises(errors.UserError, match=(
       f"data.tokenizer_model='nope.model': no file {missing}; train one with "
-      "python -m diffusion_lm.data.train_tokenizer")):
+      "python -m diffusion_lm.train_tokenizer")):
     from_config(data_config(corpus_glob, data_dir,
                                        tokenizer_model="nope.model"))
   with pytest.raises(errors.UserError, match="needs data.tokenizer_model"):
@@ -221,7 +221,7 @@ def test_without_byte_fallback_unknown_characters_count_no_bytes():
 def test_train_tokenizer_fails_in_one_line_and_writes_nothing(
     trained, corpus_glob, data_dir):
   before = set(os.listdir(os.path.dirname(trained[0])))
-  result = run_module("diffusion_lm.data.train_tokenizer",
+  result = run_module("diffusion_lm.train_tokenizer",
                       *config_flags(corpus_glob, data_dir), "--vocab_size=5000",
                       check=False)
   assert result.returncode == 1

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_lm import checkpoints, metrics, parallel, train
+from diffusion_lm import checkpoints, metrics, parallel, train, train_step
 from diffusion_lm.data import pipeline, tokenizers
 
 TOKENIZER = tokenizers.ByteTokenizer()
@@ -19,7 +19,7 @@ def test_learning_rate_warms_up_then_decays_to_the_final_fraction(tiny_config):
   # configured fraction of the peak.
   c = tiny_config.train
   c.update(steps=100, warmup_steps=10, learning_rate=2e-3, final_lr_fraction=0.1)
-  lr = train.learning_rate_schedule(c)
+  lr = train_step.learning_rate_schedule(c)
   assert float(lr(0)) == 0.0
   assert float(lr(10)) == pytest.approx(2e-3)
   assert float(lr(100)) == pytest.approx(2e-4)
@@ -30,7 +30,7 @@ def test_weight_decay_skips_exactly_the_vectors(tiny_config):
   # Bug caught: norm scales decayed towards 0, or matrices not decayed.
   tiny_config.train.update(learning_rate=1.0, warmup_steps=0, weight_decay=0.5,
                            final_lr_fraction=1.0, grad_clip=0.0)
-  optimizer = train.make_optimizer(tiny_config.train)
+  optimizer = train_step.make_optimizer(tiny_config.train)
   params = {"matrix": np.ones((2, 2), np.float32), "scale": np.ones(2, np.float32)}
   zero = jax.tree.map(np.zeros_like, params)
   # A zero gradient leaves only AdamW's decay: -learning_rate * 0.5 * param.
@@ -51,7 +51,7 @@ def test_ema_tracks_the_parameters_and_is_what_evaluation_reads(tiny_config,
   # for evaluation and sampling when on.
   tiny_config.train.ema_decay = 0.9
   mesh = mesh_1()
-  training = train.build(tiny_config, TOKENIZER, mesh)
+  training = train_step.build(tiny_config, TOKENIZER, mesh)
   data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))
   state = training.init()
   ema = jax.device_get(state["params"])
@@ -110,7 +110,7 @@ def test_old_checkpoint_configs_take_todays_defaults(tiny_config, tmp_path):
   # Bug caught: a checkpoint written before a config field existed (or after
   # one was removed) that no longer loads.
   mesh = mesh_1()
-  training = train.build(tiny_config, TOKENIZER, mesh)
+  training = train_step.build(tiny_config, TOKENIZER, mesh)
   data = iter(pipeline.train_dataset(tiny_config, TOKENIZER))
   old = tiny_config.copy_and_resolve_references()
   with old.unlocked():

@@ -22,7 +22,7 @@ _BATCH = 4096  # Documents read at a time.
 class DocumentBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Documents with features `text` and `path` (a stable document identifier).
 
-  Subclasses may set DOWNLOADS (prepared by `python -m diffusion_lm.data.prepare`,
+  Subclasses may set DOWNLOADS (prepared by `python -m diffusion_lm.prepare`,
   not on first use), ORDERED (each split keeps the order in which its
   documents are generated, instead of TFDS's shuffle by key) and return
   metadata. Our builders are made from their classes, never looked up by name,

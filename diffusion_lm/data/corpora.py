@@ -7,7 +7,7 @@
   public benchmarks, downloaded (or taken from a TFDS manual dir).
 
 `builder` prepares the corpora without downloads on first use; the others
-are prepared once with `python -m diffusion_lm.data.prepare` (`prepare`), and
+are prepared once with `python -m diffusion_lm.prepare` (`prepare`), and
 `builder` refuses them unprepared (errors.NotPrepared).
 """
 
@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
-from diffusion_lm import errors, workdir_lock
+from diffusion_lm import errors, files
 from diffusion_lm.data import lm1b, local_files, markov, openwebtext, text8
 from diffusion_lm.data.builder_base import SPLITS, DocumentBuilder
 
@@ -62,7 +62,7 @@ def _download_and_prepare(b: DocumentBuilder, **kwargs) -> None:
   """b.download_and_prepare, once data.data_dir is known to be writable;
   TFDS's progress bars only on a terminal (not in a log file or a test's
   output)."""
-  workdir_lock.check_writable_dir(str(b.data_dir_root), "data.data_dir")
+  files.check_writable_dir(str(b.data_dir_root), "data.data_dir")
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   b.download_and_prepare(**kwargs)

@@ -1,5 +1,5 @@
 """Training SentencePiece models on a corpus: the library behind
-`python -m diffusion_lm.data.train_tokenizer`, and first-use training.
+`python -m diffusion_lm.train_tokenizer`, and first-use training.
 
 The models keep every byte of the text, so bits per byte stay exact:
 identity normalization, no dummy prefix, whitespace kept as it is, and byte
@@ -21,7 +21,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from diffusion_lm import errors, metrics
+from diffusion_lm import errors, files
 from diffusion_lm.data import corpora, tokenizers
 
 MODEL_TYPES = ("unigram", "bpe", "char")
@@ -110,5 +110,5 @@ def _train_missing(builder, settings, path: epath.Path) -> None:
   # Loads as training will.
   tokenizers.SentencePieceTokenizer(model, name=str(path))
   path.parent.mkdir(parents=True, exist_ok=True)
-  metrics.write_atomically(str(path), model)
+  files.write_atomically(str(path), model)
   logging.info("Wrote %s.", path)

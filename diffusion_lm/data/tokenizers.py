@@ -17,7 +17,7 @@ what training used.
   with nothing between them). Any other character is an error
   (`check_documents` finds the first in a corpus before a run starts).
 * `sentencepiece`: a SentencePiece model (`data.tokenizer_model`), trained
-  with `python -m diffusion_lm.data.train_tokenizer`.
+  with `python -m diffusion_lm.train_tokenizer`.
 """
 
 import base64
@@ -33,7 +33,7 @@ from diffusion_lm import errors
 
 _EOS_TEXT = "<|eos|>"
 _MASK_TEXT = "<|mask|>"
-_TRAIN_COMMAND = ("python -m diffusion_lm.data.train_tokenizer --config=CONFIG "
+_TRAIN_COMMAND = ("python -m diffusion_lm.train_tokenizer --config=CONFIG "
                   "--vocab_size=32000")
 _CHAR_ALPHABET = ("text8's alphabet is space and a-z (use "
                   "data.tokenizer='byte' for other text)")

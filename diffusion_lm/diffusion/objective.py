@@ -17,6 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from diffusion_lm import batching
 from diffusion_lm.diffusion import schedules
 
 
@@ -46,26 +47,6 @@ def mask_tokens(key, tokens_BxL, weights_BxL, mask_rate_B, mask_id: int,
   return jnp.where(masked, mask_id, tokens_BxL), masked
 
 
-def in_slices(fn, rows, slices: int):
-  """fn(rows) (leading dimension B) computed on `slices` strided slices of the
-  rows (every slices-th row, so a batch sharded by rows stays where it is) and
-  reassembled in order; in one piece when slices does not divide B.
-
-  The same values up to float rounding, computed as independent chains that
-  XLA's CPU backend runs side by side, faster than one large one (1.2-1.4x
-  to train and sample at 4 slices; model.batch_slices). Callers slice as
-  much of their work as they can (a loss, not only the logits) so that only
-  small results are reassembled.
-  """
-  b = jax.tree.leaves(rows)[0].shape[0]
-  if slices <= 1 or b % slices:
-    return fn(rows)
-  strided = jax.tree.map(lambda x: x.reshape(b // slices, slices, *x.shape[1:]),
-                         rows)
-  parts = [fn(jax.tree.map(lambda x: x[:, i], strided)) for i in range(slices)]
-  return jnp.stack(parts, axis=1).reshape(b, *parts[0].shape[1:])
-
-
 def sequence_nelbo(model, batch, t_B, key, schedule: schedules.Schedule,
                    mask_id: int, slices: int = 1, complementary: bool = False):
   """One-sample NELBO estimate per row of the batch, in nats: shape [B].
@@ -82,7 +63,7 @@ def sequence_nelbo(model, batch, t_B, key, schedule: schedules.Schedule,
   rows = {"z": z_BxL, "rate": mask_rate_B, "masked": masked_BxL,
           "tokens": tokens_BxL, "weights": weights_BxL,
           "segment_ids": batch.get("segment_ids")}
-  return schedule.weight(t_B) * in_slices(
+  return schedule.weight(t_B) * batching.in_slices(
       functools.partial(masked_nll, model), rows, slices)
 
 
@@ -149,7 +130,7 @@ def any_order_nelbo(model, batch, u_B, key, mask_id: int, slices: int = 1):
           "rate": jax.random.beta(rate_key, k_B, n_B - k_B + 1.0),
           "masked": masked_BxL, "tokens": tokens_BxL, "weights": weights_BxL,
           "segment_ids": batch.get("segment_ids")}
-  return n_B / k_B * in_slices(functools.partial(masked_nll, model),
+  return n_B / k_B * batching.in_slices(functools.partial(masked_nll, model),
                                       rows, slices)
 
 

@@ -5,20 +5,20 @@ import dataclasses
 import jax
 from flax import nnx
 
-from diffusion_lm.diffusion import objective
+from diffusion_lm import batching
 from diffusion_lm.models.transformer import Transformer, TransformerConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Denoiser:
   """(params, z, mask_rate) -> logits for the samplers; hashable, as they
-  require. Rows run in model.batch_slices slices (objective.in_slices)."""
+  require. Rows run in model.batch_slices slices (batching.in_slices)."""
 
   graphdef: nnx.GraphDef
 
   def __call__(self, params, z_BxL, mask_rate_B):
     model = nnx.merge(self.graphdef, params)
-    return objective.in_slices(lambda r: model(r["z"], r["rate"]),
+    return batching.in_slices(lambda r: model(r["z"], r["rate"]),
                                {"z": z_BxL, "rate": mask_rate_B},
                                model.cfg.batch_slices)
 

@@ -47,7 +47,7 @@ class TransformerConfig:
   rope_base: float
   attention_impl: str  # '' lets JAX choose; or 'xla', 'cudnn'
   local_width: int  # The input layer mixes each token with k neighbours.
-  batch_slices: int  # Callers run rows in this many slices (objective.in_slices).
+  batch_slices: int  # Callers run rows in this many slices (batching.in_slices).
   remat: str  # A name in REMAT_POLICIES.
   scan_layers: bool  # Stacked blocks run by one lax.scan.
 

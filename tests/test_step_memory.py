@@ -1,5 +1,5 @@
 """validation.check's memory rule: the train step's estimated bytes per
-device (validation.memory_per_device) against what a device has."""
+device (step_memory.per_device) against what a device has."""
 
 import dataclasses
 import re
@@ -7,7 +7,7 @@ import re
 import jax
 import pytest
 
-from diffusion_lm import errors, train, validation
+from diffusion_lm import errors, step_memory, train, validation
 from test_budget import recipe
 
 GIB = 2**30
@@ -60,14 +60,14 @@ def test_accelerators_are_held_to_their_allocators_limit(tiny_config):
   with pytest.raises(errors.UserError, match=(
       r"^the train step on mesh data=8, fsdp=1, tensor=1 needs 0.78 GiB per "
       r"device, more than 0.50 GiB \(the GPU allocator's limit\): try ")):
-    validation.check(tiny_config, devices=devices, process_count=2)
+    step_memory.check(tiny_config, devices)
   # 0.78 GiB is within the estimate's error of 0.7 GiB: it may fit.
   devices[3] = FakeAccelerator(bytes_limit=int(0.7 * GIB))
-  validation.check(tiny_config, devices=devices, process_count=2)
+  step_memory.check(tiny_config, devices)
   devices[:4] = [FakeAccelerator(bytes_limit=None)] * 4
-  validation.check(tiny_config, devices=devices, process_count=2)
+  step_memory.check(tiny_config, devices)
   owt = recipe("owt")
   owt.data.tokenizer_train.vocab_size = 50257  # Its model's size.
-  validation.check(owt, devices=[FakeAccelerator(process_index=i // 8)
-                                 for i in range(64)], process_count=8)
-  validation.check(recipe("quickstart"), devices=jax.devices()[:1])
+  step_memory.check(owt, [FakeAccelerator(process_index=i // 8)
+                          for i in range(64)])
+  step_memory.check(recipe("quickstart"), jax.devices()[:1])

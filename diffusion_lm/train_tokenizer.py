@@ -1,6 +1,6 @@
 """Trains a SentencePiece tokenizer on the train split of a config's corpus.
 
-  python -m diffusion_lm.data.train_tokenizer --config=configs/quickstart.py \\
+  python -m diffusion_lm.train_tokenizer --config=configs/quickstart.py \\
       --vocab_size=32000 --model_type=unigram
 
 writes <the corpus's prepared data dir>/spm_unigram_32000.model (or --output)
@@ -20,7 +20,7 @@ import os
 
 from absl import flags
 
-from diffusion_lm import cli, errors, metrics
+from diffusion_lm import cli, errors, files, validation
 from diffusion_lm.data import corpora, tokenizer_training, tokenizers
 
 _CONFIG = cli.define_config_flag()
@@ -45,6 +45,7 @@ flags.mark_flag_as_required("config")
 
 
 def main():
+  validation.check(_CONFIG.value)
   data_config = _CONFIG.value.data
   builder = corpora.builder(data_config)
   data_dir = os.path.abspath(builder.data_dir)
@@ -56,7 +57,7 @@ def main():
       character_coverage=_CHARACTER_COVERAGE.value)
   tokenizers.SentencePieceTokenizer(model, name=path)  # Loads as training will.
   try:
-    metrics.write_atomically(path, model)
+    files.write_atomically(path, model)
   except OSError as e:
     raise errors.UserError(f"cannot write {path}: {e.strerror}") from None
   inside = os.path.commonpath([path, data_dir]) == data_dir

@@ -1,6 +1,6 @@
 """Downloads and prepares the corpus of a config, then prints its split sizes.
 
-  python -m diffusion_lm.data.prepare --config=configs/text8.py \\
+  python -m diffusion_lm.prepare --config=configs/text8.py \\
       --config.data.data_dir=/mnt/data/tensorflow_datasets
 
 Needed once for the downloaded corpora (text8, lm1b, openwebtext); the others
@@ -15,7 +15,7 @@ TFDS shows its progress bars on a terminal only (corpora).
 
 from absl import flags
 
-from diffusion_lm import cli
+from diffusion_lm import cli, validation
 from diffusion_lm.data import builder_base, corpora
 
 _CONFIG = cli.define_config_flag()
@@ -37,6 +37,7 @@ def split_sizes(builder) -> dict[str, tuple[int, int]]:
 
 
 def main():
+  validation.check(_CONFIG.value)
   data_config = _CONFIG.value.data
   builder = corpora.prepare(data_config, manual_dir=_MANUAL_DIR.value)
   print(f"data.corpus={data_config.corpus!r} is prepared in {builder.data_dir}")
