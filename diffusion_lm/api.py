@@ -24,8 +24,9 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from diffusion_lm import (autoregressive, checkpoints, errors, evaluation,
-                          files, metrics, models, parallel, validation)
+from diffusion_lm import (autoregressive, checkpoint_integrity, checkpoints,
+                          errors, evaluation, files, metrics, models, parallel,
+                          validation)
 from diffusion_lm.data import pipeline
 from diffusion_lm.diffusion import sampler_options, samplers, schedules
 
@@ -235,7 +236,7 @@ def load(workdir: str, step: int | None = None, mesh=None, *,
     return (config, tokenizer, graphdef,
             checkpoints.restore_params(mngr, s, target, config.train))
 
-  step, (config, tokenizer, graphdef, params), _ = checkpoints.newest_intact(
+  step, (config, tokenizer, graphdef, params), _ = checkpoint_integrity.newest_intact(
       mngr, restore, checkpoints.steps_to_try(mngr, workdir, step))
   given = {"data_dir": data_dir, "files": files}
   changed = [f"data.{k}={v!r} (the checkpoint's: {config.data[k]!r})"

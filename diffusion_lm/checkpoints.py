@@ -11,28 +11,20 @@ a run killed mid-save leaves the previous checkpoint intact. Restoring places
 every array with the sharding of the abstract target, which may be a
 different mesh.
 
-Integrity: restoring verifies the checksums and refuses arrays that are not
-finite. A checkpoint without checksums (written before they existed, or whose
-`checksums` item is gone) is taken as it is, with a warning that it is
-unverified, or passed over when the caller requires checksums. Any failure
-to read a checkpoint (a damaged or missing file or item, a config field of
-the wrong type) is a CorruptCheckpoint: `newest_intact` falls back from such
-a checkpoint, or one that fails its checksums, to the newest one that passes,
-logging which and why; training moves the failed ones out of orbax's way, to
-<workdir>/unreadable_checkpoints/ (nothing is deleted). `save` refuses a train
-state with a non-finite value, so rotation (train.max_checkpoints) never
-removes the last finite checkpoint.
+Integrity (checkpoint_integrity): restoring verifies the checksums and
+refuses arrays that are not finite. A checkpoint without checksums (written
+before they existed, or whose `checksums` item is gone) is taken as it is,
+with a warning that it is unverified, or passed over when the caller
+requires checksums. A checkpoint that cannot be read or fails its checksums
+is passed over for the newest one that passes; training moves the failed
+ones out of orbax's way, to <workdir>/unreadable_checkpoints/ (nothing is
+deleted). `save` refuses a train state with a non-finite value, so rotation
+(train.max_checkpoints) never removes the last finite checkpoint.
 """
 
-import contextlib
-import hashlib
 import json
-import logging as std_logging
 import os
-import sys
-import time
 from collections.abc import Callable
-from typing import TypeVar
 
 import grain
 import jax
@@ -44,19 +36,12 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from diffusion_lm import checkpoint_integrity as integrity
 from diffusion_lm import config_base, errors, files, models
 from diffusion_lm.data import pipeline, tokenizers
 
-CHECKSUMS = "checksums"
-UNREADABLE = "unreadable_checkpoints"  # In the workdir: failed checkpoints.
 # Train-state items newer than some checkpoints: restored as zeros from those.
 _ADDED_ITEMS = ("health", "data_order")  # Restored as zeros when absent.
-_T = TypeVar("_T")
-
-
-class CorruptCheckpoint(ValueError):
-  """A checkpoint that cannot be read, or whose contents differ from the
-  checksums saved with it."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -72,68 +57,6 @@ def manager(workdir: str, max_to_keep: int = 2,
           max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
 
 
-# ---------------------------------------------------------------- Checksums
-
-
-def _as_uint32(x):
-  """An array's bits as uint32 (8-byte values as two)."""
-  if x.dtype.itemsize in (4, 8):
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  if x.dtype.itemsize == 2:
-    return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-  return x.astype(jnp.uint32)
-
-
-def _checksum(x):
-  """A uint32 hash of an array's values and positions: murmur3's finaliser
-  of every element's bits mixed with its index, summed modulo 2^32. Integer
-  arithmetic is exact in any order, so the sum is the same on any mesh."""
-  bits = _as_uint32(x)
-  index, stride = jnp.zeros(bits.shape, jnp.uint32), 1
-  for axis in reversed(range(bits.ndim)):
-    index += (jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis)
-              * jnp.uint32(stride % 2**32))
-    stride *= bits.shape[axis]
-  h = bits ^ (index * jnp.uint32(0x9E3779B9))
-  h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
-  h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
-  return jnp.sum(h ^ (h >> 16), dtype=jnp.uint32)
-
-
-def _finite(x):
-  if jnp.issubdtype(x.dtype, jnp.inexact):
-    return jnp.all(jnp.isfinite(x))
-  return jnp.bool_(True)
-
-
-@jax.jit
-def _fingerprints(items):
-  return jax.tree.map(_checksum, items), jax.tree.map(_finite, items)
-
-
-def fingerprint(items: dict) -> tuple[dict[str, dict[str, int]], list[str]]:
-  """Checksums of a dict of array trees ({item: {path: checksum}}) and the
-  names of the arrays holding a NaN or an infinity ("params['embed']")."""
-  sums, finite = jax.device_get(_fingerprints(items))
-  checksums = {name: {} for name in items}
-  for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]:
-    checksums[path[0].key][jax.tree_util.keystr(path[1:])] = int(value)
-  nonfinite = [path[0].key + jax.tree_util.keystr(path[1:])
-               for path, ok in jax.tree_util.tree_flatten_with_path(finite)[0]
-               if not ok]
-  return checksums, nonfinite
-
-
-def _digest(value) -> str:
-  """SHA-256 of a JSON item as it reads back (tuples as lists)."""
-  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def _listed(names: list[str], most: int = 3) -> str:
-  more = f" and {len(names) - most} more" if len(names) > most else ""
-  return ", ".join(names[:most]) + more
-
-
 # --------------------------------------------------------------------- Save
 
 
@@ -141,10 +64,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator,
          config: ml_collections.ConfigDict, tokenizer) -> None:
   """Starts an asynchronous save of everything needed to resume or sample,
   with its checksums; a state holding a non-finite value is refused."""
-  checksums, nonfinite = fingerprint(state)
+  checksums, nonfinite = integrity.fingerprint(state)
   if nonfinite:
     raise errors.UserError(
-        f"not saving the train state of step {step}: {_listed(nonfinite)} "
+        f"not saving the train state of step {step}: {integrity.listed(nonfinite)} "
         f"hold NaN or infinite values; the checkpoints in {mngr.directory} "
         "are kept")
   config_json, tokenizer_json = config.to_dict(), tokenizer.to_json()
@@ -155,138 +78,41 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator,
       tokenizer=ocp.args.JsonSave(tokenizer_json),
       checksums=ocp.args.JsonSave({
           "arrays": checksums,
-          "json": {"config": _digest(config_json),
-                   "tokenizer": _digest(tokenizer_json)}}),
+          "json": {"config": integrity.digest(config_json),
+                   "tokenizer": integrity.digest(tokenizer_json)}}),
       **items))
 
 
 # ------------------------------------------------------------------ Restore
 
 
-def _unreadable(error: Exception, doing: str) -> CorruptCheckpoint:
-  """`error`, raised while `doing` something with a checkpoint, as a
-  CorruptCheckpoint that gives its root cause (orbax wraps tensorstore's read
-  errors in a bare Exception). An interrupt inside it is raised again, never
-  swallowed."""
-  cause = error
-  while cause.__cause__ is not None:
-    cause = cause.__cause__
-  if isinstance(cause, (KeyboardInterrupt, SystemExit)):
-    raise cause
-  corrupt = CorruptCheckpoint(f"{doing}: {type(cause).__name__}: {cause}")
-  corrupt.__cause__ = error
-  return corrupt
-
-
 def _saved_items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
   try:
     return {p.name for p in (mngr.directory / str(step)).iterdir()}
   except OSError as e:
-    raise _unreadable(e, "listing its items") from e
-
-
-def _is_orphaned_read(unraisable) -> bool:
-  """'Event loop is closed', or a read coroutine closed unfinished (orbax
-  wraps even the GeneratorExit that closes it in an Exception)."""
-  error = unraisable.exc_value
-  return ((isinstance(error, RuntimeError)
-           and str(error) == "Event loop is closed")
-          or isinstance(error.__cause__, GeneratorExit))
-
-
-def _orphaned_log(record) -> bool:
-  return not str(record.msg).startswith(
-      ("Future exception was never retrieved",
-       "Task exception was never retrieved"))
-
-
-class _OrphanedReads:
-  """When one read of a damaged checkpoint fails, orbax's other reads still
-  in flight fail too, as noise, during the restore and later: unraisable
-  exceptions (_is_orphaned_read) and asyncio's 'Future (or Task) exception
-  was never retrieved' (the same error again). `quiet()` drops both during a
-  restore and, once a restore has failed, for the rest of the process (its
-  orphaned reads go on failing); anything else is reported as before."""
-
-  def __init__(self):
-    self._previous_hook = None  # sys.unraisablehook before ours.
-    self._for_good = False  # A restore has failed: the filters stay.
-
-  def _hook(self, unraisable) -> None:
-    if not _is_orphaned_read(unraisable):
-      self._previous_hook(unraisable)
-
-  @contextlib.contextmanager
-  def quiet(self):
-    if self._for_good:
-      yield
-      return
-    asyncio_log = std_logging.getLogger("asyncio")
-    self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
-    asyncio_log.addFilter(_orphaned_log)
-    try:
-      yield
-    except Exception:
-      self._for_good = True
-      raise
-    finally:
-      if not self._for_good:
-        asyncio_log.removeFilter(_orphaned_log)
-        if sys.unraisablehook == self._hook:  # Unless replaced meanwhile.
-          sys.unraisablehook = self._previous_hook
-
-
-_ORPHANED_READS = _OrphanedReads()
+    raise integrity.unreadable(e, "listing its items") from e
 
 
 def _restore(mngr: ocp.CheckpointManager, step: int,
              items: dict) -> ocp.args.Composite:
   """mngr.restore of these items, the JSON checksums with them when saved;
-  a failure is a CorruptCheckpoint. With several processes, a failure on one
+  a failure is a integrity.CorruptCheckpoint. With several processes, a failure on one
   is a failure on all (so that they fall back together)."""
-  if CHECKSUMS in _saved_items(mngr, step):
-    items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
+  if integrity.CHECKSUMS in _saved_items(mngr, step):
+    items = {**items, integrity.CHECKSUMS: ocp.args.JsonRestore()}
   restored, error = None, None
   try:
-    with _ORPHANED_READS.quiet():
+    with integrity.ORPHANED_READS.quiet():
       restored = mngr.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-exception-caught
-    error = _unreadable(e, f"reading {', '.join(items)}")
+    error = integrity.unreadable(e, f"reading {', '.join(items)}")
   if jax.process_count() > 1:
     failed = multihost_utils.process_allgather(np.int32(error is not None))
     if error is None and np.any(failed):
-      error = CorruptCheckpoint("unreadable on another process")
+      error = integrity.CorruptCheckpoint("unreadable on another process")
   if error is not None:
     raise error
   return restored
-
-
-def _saved_checksums(restored: ocp.args.Composite, part: str) -> dict:
-  """The saved checksums' `part` ('arrays' or 'json'); {} without them."""
-  if CHECKSUMS not in restored:
-    return {}
-  saved = restored[CHECKSUMS]
-  if not (isinstance(saved, dict) and isinstance(saved.get(part), dict)):
-    raise CorruptCheckpoint(f"its checksums have no {part!r} entry")
-  return saved[part]
-
-
-def _verify(mngr, step: int, restored: ocp.args.Composite,
-            arrays: dict) -> None:
-  """Raises CorruptCheckpoint when `arrays` (restored items) differ from
-  their saved checksums, a UserError when they are not finite."""
-  checksums, nonfinite = fingerprint(arrays)
-  saved = _saved_checksums(restored, "arrays")
-  for name, sums in checksums.items():
-    differ = [name + path for path, checksum in sums.items()
-              if name in saved and saved[name].get(path) != checksum]
-    if differ:
-      raise CorruptCheckpoint(f"{_listed(differ)} differ from their checksums")
-  if nonfinite:
-    raise errors.UserError(
-        f"the checkpoint at step {step} in {mngr.directory} holds NaN or "
-        f"infinite values ({_listed(nonfinite)}): the run had diverged when "
-        "it was saved; use an earlier step")
 
 
 def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
@@ -294,14 +120,14 @@ def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
   """Sets the fields of `group` (a config or one of its groups) from
   `saved`, its JSON, group by group; the fields it does not know go to
   `dropped`. A value of another type than the field's is a
-  CorruptCheckpoint."""
+  integrity.CorruptCheckpoint."""
   for name, value in saved.items():
     field = f"{path}{name}"
     if name not in group:
       dropped.append(field)
     elif isinstance(group[name], ml_collections.ConfigDict):
       if not isinstance(value, dict):
-        raise CorruptCheckpoint(f"its config field {field} is {value!r}: "
+        raise integrity.CorruptCheckpoint(f"its config field {field} is {value!r}: "
                                 "expected a group of fields, found "
                                 f"{type(value).__name__}")
       _merge(group[name], value, field + ".", dropped)
@@ -309,7 +135,7 @@ def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
       try:
         group[name] = value
       except TypeError as e:  # ConfigDict keeps each field's type.
-        raise CorruptCheckpoint(
+        raise integrity.CorruptCheckpoint(
             f"its config field {field} is {value!r}: expected "
             f"{type(group[name]).__name__}, found {type(value).__name__}"
         ) from e
@@ -318,9 +144,9 @@ def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
 def _merged_config(saved: dict, step: int) -> ml_collections.ConfigDict:
   """The saved config over today's defaults (config_base): a field added
   since takes its default; a saved field that no longer exists is dropped
-  with a warning; one of the wrong type is a CorruptCheckpoint."""
+  with a warning; one of the wrong type is a integrity.CorruptCheckpoint."""
   if not isinstance(saved, dict):
-    raise CorruptCheckpoint(f"its config is a {type(saved).__name__}, not a "
+    raise integrity.CorruptCheckpoint(f"its config is a {type(saved).__name__}, not a "
                             "dict of groups")
   config, dropped = config_base.base_config(), []
   _merge(config, saved, "", dropped)
@@ -336,28 +162,28 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int,
   their checksums; the config over today's defaults (_merged_config).
 
   A checkpoint without checksums is used unverified, with a warning naming
-  it; with require_checksums it is a CorruptCheckpoint.
+  it; with require_checksums it is a integrity.CorruptCheckpoint.
   """
   restored = _restore(mngr, step, {"config": ocp.args.JsonRestore(),
                                    "tokenizer": ocp.args.JsonRestore()})
-  if CHECKSUMS not in restored:
+  if integrity.CHECKSUMS not in restored:
     if require_checksums:
-      raise CorruptCheckpoint("it has no checksums, and verified checkpoints "
+      raise integrity.CorruptCheckpoint("it has no checksums, and verified checkpoints "
                               "are required")
     logging.warning("The checkpoint at step %d in %s has no checksums: it is "
                     "used unverified.", step, mngr.directory)
-  for name, digest in _saved_checksums(restored, "json").items():
-    if _digest(restored[name]) != digest:
-      raise CorruptCheckpoint(f"{name} differs from its checksum")
+  for name, digest in integrity.saved_checksums(restored, "json").items():
+    if integrity.digest(restored[name]) != digest:
+      raise integrity.CorruptCheckpoint(f"{name} differs from its checksum")
   config = _merged_config(restored["config"], step)
   try:
     tokenizer = tokenizers.from_json(restored["tokenizer"])
   except Exception as e:  # pylint: disable=broad-exception-caught
-    raise CorruptCheckpoint(f"its tokenizer cannot be rebuilt: {e}") from e
+    raise integrity.CorruptCheckpoint(f"its tokenizer cannot be rebuilt: {e}") from e
   try:  # Saved values this version cannot build a model from.
     models.TransformerConfig.from_config(config.model, tokenizer.vocab_size)
   except errors.UserError as e:
-    raise CorruptCheckpoint(f"its model config is not valid: {e}") from e
+    raise integrity.CorruptCheckpoint(f"its model config is not valid: {e}") from e
   return config, tokenizer
 
 
@@ -371,12 +197,12 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int,
   missing = [n for n in target
              if n not in saved and n not in (*_ADDED_ITEMS, "ema")]
   if missing:
-    raise CorruptCheckpoint(f"no item {_listed(missing)}")
+    raise integrity.CorruptCheckpoint(f"no item {integrity.listed(missing)}")
   names = [n for n in target if n in saved]
   restored = _restore(mngr, step, {n: ocp.args.StandardRestore(target[n])
                                    for n in names})
   arrays = {n: restored[n] for n in names}
-  _verify(mngr, step, restored, arrays)
+  integrity.verify(mngr, step, restored, arrays)
 
   def absent(name):
     if name == "ema":
@@ -401,17 +227,17 @@ def restore_data_position(mngr: ocp.CheckpointManager, step: int,
         "process_*-of-*.json"))
     states = [json.loads(f.read_text()) for f in files]
   except (OSError, ValueError) as e:
-    raise _unreadable(e, "reading data") from e
+    raise integrity.unreadable(e, "reading data") from e
   if not files or len(files) != int(
       files[0].name.split("-of-")[1].removesuffix(".json")):
-    raise CorruptCheckpoint("no data position, or not every process's "
+    raise integrity.CorruptCheckpoint("no data position, or not every process's "
                             "(item data)")
   try:
     data_iterator.set_state(pipeline.merge_positions(states))
   except pipeline.PositionMismatch:
     raise
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    raise _unreadable(e, "reading data") from e
+    raise integrity.unreadable(e, "reading data") from e
 
 
 def check_tokenizer(saved, tokenizer, step: int, directory) -> None:
@@ -441,7 +267,7 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, target: dict,
   not finite is an errors.UserError."""
   name = eval_params_name(train_config)
   restored = _restore(mngr, step, {name: ocp.args.StandardRestore(target)})
-  _verify(mngr, step, restored, {name: restored[name]})
+  integrity.verify(mngr, step, restored, {name: restored[name]})
   return restored[name]
 
 
@@ -460,34 +286,6 @@ def steps_to_try(mngr: ocp.CheckpointManager, workdir: str,
         f"no checkpoint at step {step} in {checkpoint_dir(workdir)}; its "
         f"steps are {sorted(steps)}")
   return [step]
-
-
-def newest_intact(mngr: ocp.CheckpointManager, restore: Callable[[int], _T],
-                  steps: list[int]) -> tuple[int, _T, list[int]]:
-  """(step, restore(step)) for the first of `steps` that restores intact,
-  and the steps before it that did not (each logged with why).
-
-  A CorruptCheckpoint (one that cannot be read or fails its checksums) is
-  passed over; anything else, a UserError (a tokenizer mismatch, non-finite
-  values) included, stops the search.
-  """
-  failures = []
-  for step in steps:
-    try:
-      value = restore(step)
-    except CorruptCheckpoint as e:
-      reason = " ".join(str(e).split())[:300]
-      logging.warning("The checkpoint at step %d in %s cannot be used: %s",
-                      step, mngr.directory, reason)
-      failures.append((step, reason))
-      continue
-    if failures:
-      logging.warning("Using the checkpoint at step %d, the newest intact one.",
-                      step)
-    return step, value, [s for s, _ in failures]
-  raise errors.UserError(
-      f"no checkpoint in {mngr.directory} can be restored: "
-      + "; ".join(f"step {s}: {r}" for s, r in failures))
 
 
 def check_model(saved_model, model_config, target_params, vocab_size: int,
@@ -528,8 +326,7 @@ def resume(mngr: ocp.CheckpointManager, target: dict,
   the step, and data_order records that. A checkpoint of another model
   (check_model) or tokenizer is an error; with require_checksums, one
   without checksums is passed over.
-  Newer checkpoints that failed go to <workdir>/unreadable_checkpoints/
-  (process 0 moves them), so that training can save those steps again.
+  Newer checkpoints that failed are moved aside (integrity.move_aside).
   """
   if mngr.latest_step() is None:
     return None
@@ -556,19 +353,8 @@ def resume(mngr: ocp.CheckpointManager, target: dict,
         lambda _: np.int32(step))}  # Each process places its own shards.
     return state, data_iterator(step)
 
-  step, restored, failed = newest_intact(
+  step, restored, failed = integrity.newest_intact(
       mngr, restore, sorted(mngr.all_steps(), reverse=True))
   if failed:
-    aside = mngr.directory.parent / UNREADABLE
-    if jax.process_index() == 0:
-      aside.mkdir(parents=True, exist_ok=True)
-      for bad in failed:
-        dest = aside / str(bad)
-        if dest.exists():  # From an earlier fallback.
-          dest = aside / f"{bad}.{time.time_ns()}"
-        (mngr.directory / str(bad)).rename(dest)
-        logging.warning("Moved the checkpoint at step %d to %s.", bad, dest)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("unreadable checkpoints moved")
-    mngr.reload()
+    integrity.move_aside(mngr, failed)
   return step, *restored

@@ -24,7 +24,8 @@ from conftest import run_module
 from test_faults import (assert_one_clear_error, copy_run,
                          run, strict_json)  # pylint: disable=unused-import
 
-from diffusion_lm import api, checkpoints, errors, parallel, train, train_step
+from diffusion_lm import (api, checkpoint_integrity, checkpoints, errors,
+                          parallel, train, train_step)
 from diffusion_lm.data import pipeline, tokenizers
 
 ARRAY_FILES = "params/ocdbt.process_0/d/*"  # The parameters' compressed chunks.
@@ -80,8 +81,8 @@ def edit_json(step_dir, item: str, edit) -> None:
     return value
 
   value = rewrite(item, edit)
-  rewrite(checkpoints.CHECKSUMS, lambda sums: sums["json"].update(
-      {item: checkpoints._digest(value)}))
+  rewrite(checkpoint_integrity.CHECKSUMS, lambda sums: sums["json"].update(
+      {item: checkpoint_integrity.digest(value)}))
 
 
 def num_layers_as_text(step_dir):
@@ -195,7 +196,7 @@ def test_resume_passes_over_every_damage_and_moves_it_aside(run, tmp_path,
   caplog.set_level(logging.WARNING)
   assert train.train_and_evaluate(run[1], workdir)["step"] == 6
   assert_passed_over(caplog.text, steps)
-  aside = os.path.join(workdir, checkpoints.UNREADABLE)
+  aside = os.path.join(workdir, checkpoint_integrity.UNREADABLE)
   assert sorted(map(int, os.listdir(aside))) == sorted(steps)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
 
@@ -221,7 +222,7 @@ def test_orbax_metadata_alone_is_not_needed(run, tmp_path, caplog):
 
 def sums_lost_and_params_of_step_3(step_dir):
   """Step 6's checksums gone and its weights swapped: only they would tell."""
-  shutil.rmtree(os.path.join(step_dir, checkpoints.CHECKSUMS))
+  shutil.rmtree(os.path.join(step_dir, checkpoint_integrity.CHECKSUMS))
   shutil.rmtree(os.path.join(step_dir, "params"))
   shutil.copytree(os.path.join(step_dir, "..", "3", "params"),
                   os.path.join(step_dir, "params"))
@@ -242,7 +243,7 @@ def test_a_checkpoint_without_checksums_is_unverified(run, tmp_path, caplog):
   assert_passed_over(caplog.text, {7: ("unverified", "it has no checksums")})
   shutil.rmtree(os.path.join(workdir, "checkpoints", "3"))
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6",
-                             checkpoints.CHECKSUMS))
+                             checkpoint_integrity.CHECKSUMS))
   with pytest.raises(errors.UserError, match="no checkpoint in .* can be "
                      "restored: step 7: it has no checksums.*; step 6: it has "
                      "no checksums"):
@@ -262,7 +263,7 @@ def test_resume_can_require_checksums(run, tmp_path):
                                                  seed_offset=offset)),
       tokenizer, config.model, require_checksums=True)
   assert step == 6
-  assert os.listdir(os.path.join(workdir, checkpoints.UNREADABLE)) == ["7"]
+  assert os.listdir(os.path.join(workdir, checkpoint_integrity.UNREADABLE)) == ["7"]
 
 
 @pytest.mark.slow
@@ -341,7 +342,7 @@ def test_resuming_with_other_shapes_names_the_fields(run, tmp_path):
   assert ("resume with --config.model.embed_dim=32 --config.model.mlp_dim=64 "
           "(the checkpoint's values), or start a new --workdir") in message
   assert "strict" not in message
-  assert not os.path.exists(os.path.join(workdir, checkpoints.UNREADABLE))
+  assert not os.path.exists(os.path.join(workdir, checkpoint_integrity.UNREADABLE))
 
 
 # ------------------------------------------------------------------ Pieces
@@ -364,7 +365,7 @@ def test_a_saved_config_is_merged_group_by_group_and_typed(caplog):
        "fields, found int"),
       ([1], "its config is a list"),
   ]:
-    with pytest.raises(checkpoints.CorruptCheckpoint, match=message):
+    with pytest.raises(checkpoint_integrity.CorruptCheckpoint, match=message):
       checkpoints._merged_config(saved, step=5)
 
 
@@ -405,7 +406,7 @@ def test_interrupts_inside_a_read_error_are_not_swallowed(run, interrupt):
   with pytest.raises(type(interrupt)):
     checkpoints._restore(FakeManager(run[0], wrapped), 6, {})
   wrapped.__cause__ = ValueError("DATA_LOSS: bad chunk")
-  with pytest.raises(checkpoints.CorruptCheckpoint, match=(
+  with pytest.raises(checkpoint_integrity.CorruptCheckpoint, match=(
       "^reading checksums: ValueError: DATA_LOSS: bad chunk$")):
     checkpoints._restore(FakeManager(run[0], wrapped), 6, {})
 
@@ -421,13 +422,13 @@ def test_orphaned_read_filters_come_off_unless_a_read_failed(monkeypatch):
   orphaned = [types.SimpleNamespace(exc_value=e) for e in (
       RuntimeError("Event loop is closed"), closed)]
   other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
-  reads = checkpoints._OrphanedReads()
+  reads = checkpoint_integrity._OrphanedReads()
   with reads.quiet():
     for unraisable in orphaned:
       sys.unraisablehook(unraisable)
-    assert checkpoints._orphaned_log in asyncio_log.filters
+    assert checkpoint_integrity._orphaned_log in asyncio_log.filters
   assert sys.unraisablehook == seen.append and seen == []
-  assert checkpoints._orphaned_log not in asyncio_log.filters
+  assert checkpoint_integrity._orphaned_log not in asyncio_log.filters
   try:
     for _ in range(2):
       with pytest.raises(ValueError), reads.quiet():
@@ -439,6 +440,6 @@ def test_orphaned_read_filters_come_off_unless_a_read_failed(monkeypatch):
     for unraisable in (*orphaned, other):
       hook(unraisable)
     assert seen == [other]
-    assert asyncio_log.filters.count(checkpoints._orphaned_log) == 1
+    assert asyncio_log.filters.count(checkpoint_integrity._orphaned_log) == 1
   finally:
-    asyncio_log.removeFilter(checkpoints._orphaned_log)
+    asyncio_log.removeFilter(checkpoint_integrity._orphaned_log)

@@ -27,9 +27,9 @@ import pytest
 
 from conftest import REPO, TINY_CONFIG, config_flags, load_tiny_config, run_module
 
-from diffusion_lm import (api, checkpoints, config_base, errors,
-                          metrics, parallel, train, train_step, validation,
-                          workdir_lock)
+from diffusion_lm import (api, checkpoint_integrity, checkpoints, config_base,
+                          errors, metrics, parallel, train, train_step,
+                          validation, workdir_lock)
 from diffusion_lm.data import local_files, pipeline, tokenizers
 
 TOKENIZER = tokenizers.ByteTokenizer()
@@ -279,7 +279,7 @@ def test_flipped_bytes_fall_back_to_the_previous_checkpoint_and_resume_exactly(
     assert strict_json(f.read())["step"] == 3
   assert math.isfinite(result["bits_per_byte"])
   train.train_and_evaluate(run[1], workdir)
-  assert os.listdir(os.path.join(workdir, checkpoints.UNREADABLE)) == ["6"]
+  assert os.listdir(os.path.join(workdir, checkpoint_integrity.UNREADABLE)) == ["6"]
   ours, uninterrupted = api.load(workdir), api.load(run[0])
   assert ours.step == 6
   for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(uninterrupted.params)):

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from diffusion_lm import errors
-from diffusion_lm.diffusion import sampler_options, samplers, schedules
+from diffusion_lm.diffusion import (sampler_options, samplers, sampling_rules,
+                                    schedules)
 
 M = MASK = 3
 EOS = 2
@@ -519,8 +520,19 @@ def test_stop_at_eos(sampler):
 # ---------------------------------------------------------------- options
 
 
-DEFAULTS = {**dataclasses.asdict(sampler_options.SamplerOptions()), "num_samples": 4,
-            "length": 0, "seed": 0}
+DEFAULTS = {**dataclasses.asdict(sampler_options.SamplerOptions()),
+            "num_samples": 4, "length": 0, "seed": 0}
+
+
+def test_options_and_rules_name_the_same_samplers_and_choices():
+  # Catches: a sampler added to one table and not the other (accepted by
+  # make_options, then a KeyError in the loop; or a rule no option reaches),
+  # and an order or remdm schedule checked but not implemented.
+  assert sorted(sampler_options.SAMPLER_OPTIONS) == sorted(
+      sampling_rules.SAMPLERS)
+  assert sorted(sampler_options.ORDERS) == sorted(sampling_rules.ORDERS)
+  assert sorted(sampler_options.REMDM_SCHEDULES) == sorted(
+      sampling_rules.REMDM_SCHEDULES)
 
 
 # Catches: extra config keys rejected, None taken as a value, unread options
@@ -529,8 +541,9 @@ DEFAULTS = {**dataclasses.asdict(sampler_options.SamplerOptions()), "num_samples
 def test_make_options_merges_defaults_and_explicit():
   opts = sampler_options.make_options(DEFAULTS, {"steps": 8, "threshold": None})
   assert opts == sampler_options.SamplerOptions(steps=8)
-  opts = sampler_options.make_options({"sampler": "threshold", "threshold": 0.5,
-                                "gamma": 3.0}, {"temperature": 0})
+  opts = sampler_options.make_options(
+      {"sampler": "threshold", "threshold": 0.5, "gamma": 3.0},
+      {"temperature": 0})
   assert opts == options("threshold", threshold=0.5, temperature=0.0)
 
 
