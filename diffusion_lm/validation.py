@@ -12,7 +12,7 @@ Markov chain, the sampler options, the mesh) are called, not restated.
 import math
 import numbers
 from collections.abc import Callable, Sequence
-
+from typing import NamedTuple
 
 from diffusion_lm import config_base, errors, models, parallel
 from diffusion_lm.data import (corpora, markov, pipeline, tokenizer_training,
@@ -190,110 +190,192 @@ def _fields(config) -> dict[str, str]:
   return problems
 
 
-def _across(config, bad: set[str], devices, process_count: int,
-            training: bool) -> list[str]:
-  """Rules that tie fields (and the devices) together, and those that live
-  elsewhere; each runs when the fields it reads passed their own rules."""
+class _Setting(NamedTuple):
+  """What a rule across fields may read besides the config."""
+  devices: Sequence | None
+  process_count: int
+  training: bool
+  microbatches: int  # train.microbatches, 1 when it broke its own rule.
 
-  def valid(*names):
-    return not bad.intersection(names)
 
-  problems = []
-  if valid("model.time_conditioning"):
-    problems += _called(lambda: models.TransformerConfig.from_config(
-        config.model, vocab_size=1))
-  if valid("diffusion.power", "diffusion.eps"):
-    problems += _called(lambda: schedules.from_config(config.diffusion))
-  if config.data.corpus == "markov":
-    problems += _called(lambda: markov.checked_params(config.data.markov))
-  problems += _called(lambda: tokenizer_training.check_settings(
+# Rules across fields: (the fields it reads, whether it needs the devices,
+# rule(config, setting) -> problems). A rule runs only when the fields it
+# reads passed their own rules (FIELDS).
+_RULES: list[tuple[tuple[str, ...], bool, Callable]] = []
+
+
+def _rule(*fields: str, devices: bool = False):
+  def register(rule):
+    _RULES.append((fields, devices, rule))
+    return rule
+  return register
+
+
+@_rule("model.time_conditioning")
+def _model(config, _):
+  return _called(lambda: models.TransformerConfig.from_config(
+      config.model, vocab_size=1))
+
+
+@_rule("diffusion.power", "diffusion.eps")
+def _schedule(config, _):
+  return _called(lambda: schedules.from_config(config.diffusion))
+
+
+@_rule("data.corpus")
+def _markov_chain(config, _):
+  if config.data.corpus != "markov":
+    return []
+  return _called(lambda: markov.checked_params(config.data.markov))
+
+
+@_rule()
+def _tokenizer_training(config, _):
+  return _called(lambda: tokenizer_training.check_settings(
       config.data.tokenizer_train))
-  problems += _called(lambda: sampler_options.make_options(config.sample, {}))
-  if valid("data.corpus", "eval.split"):
-    splits = corpora.splits(config.data.corpus)
-    if config.eval.split not in splits:
-      problems.append(
-          f"eval.split={config.eval.split!r} must be one of the splits of "
-          f"data.corpus={config.data.corpus!r}: {list(splits)}")
-  if valid("sample.length", "data.seq_len"):
-    problems += _called(lambda: check_sample_length(
-        config.sample.length, config.data.seq_len,
-        f"sample.length={config.sample.length}"))
-  micro = config.train.microbatches if valid("train.microbatches") else 1
-  if (training and valid("train.batch_size", "diffusion.complementary_masks")
-      and config.diffusion.complementary_masks
-      and config.train.batch_size // micro % 2):
-    problems.append(
-        "diffusion.complementary_masks=True pairs the rows of each step's "
-        f"batch: train.batch_size={config.train.batch_size} / "
-        f"train.microbatches={micro} must be even")
-  if training and valid("train.batch_size") and config.train.batch_size % micro:
-    problems.append(f"train.microbatches={micro} must divide "
-                    f"train.batch_size={config.train.batch_size}")
-  elif training and valid("train.batch_size", "model.batch_slices") and (
-      config.train.batch_size // micro % config.model.batch_slices):
-    per_step = ("" if micro == 1 else
-                f" / train.microbatches={micro}")
-    problems.append(
-        f"model.batch_slices={config.model.batch_slices} must divide "
-        f"train.batch_size={config.train.batch_size}{per_step}")
-  if valid("model.attention_impl", "model.dtype") and (
-      config.model.attention_impl == "cudnn"):
-    problems += _cudnn(config.model.dtype, devices)
-  if devices is None:
-    return problems
-  shape = None
-  if valid("mesh.data", "mesh.fsdp", "mesh.tensor"):
-    try:
-      shape = parallel.mesh_shape(config.mesh, len(devices))
-    except errors.UserError as e:
-      problems.append(str(e))
-  local_devices = len(devices) // process_count
-  if shape and local_devices % shape["tensor"]:
-    problems.append(
-        f"mesh.tensor={shape['tensor']} must divide the {local_devices} "
-        "devices of each process (a tensor-parallel group stays within a "
-        "process, on its fast interconnect)")
-  if shape and shape["tensor"] > 1 and valid("model.num_heads", "model.mlp_dim"):
-    for field in ("num_heads", "mlp_dim"):
-      if config.model[field] % shape["tensor"]:
-        problems.append(
-            f"mesh.tensor={shape['tensor']} must divide model.{field}="
-            f"{config.model[field]} (else they are not split: every tensor "
-            "device repeats the whole work)")
-  # Rows are split over mesh.data x mesh.fsdp (replicated over tensor).
-  if shape is None or shape["tensor"] == 1:
-    shards, what = len(devices), "devices"
-  else:
-    shards = shape["data"] * shape["fsdp"]
-    what = "data-parallel shards (mesh.data * mesh.fsdp)"
-  batches = [("train.batch_size", micro)] * training + [("eval.batch_size", 1)]
-  for name, parts in batches:
-    if not valid(name):
-      continue
-    size = config[name.split(".")[0]].batch_size
-    sharers = [f"the {shards} {what}", f"the {process_count} processes"]
-    if parts > 1:
-      sharers[0] = (f"{shards * parts} (the {shards} {what} times "
-                    f"train.microbatches={parts})")
-    for count, whose in zip((shards * parts, process_count), sharers):
-      if size % count:
-        problems.append(f"{name}={size} must be divisible by {whose}: each "
-                        "takes an equal share of the rows")
+
+
+@_rule()
+def _sampler(config, _):
+  return _called(lambda: sampler_options.make_options(config.sample, {}))
+
+
+@_rule("data.corpus", "eval.split")
+def _eval_split(config, _):
+  splits = corpora.splits(config.data.corpus)
+  if config.eval.split in splits:
+    return []
+  return [f"eval.split={config.eval.split!r} must be one of the splits of "
+          f"data.corpus={config.data.corpus!r}: {list(splits)}"]
+
+
+@_rule("sample.length", "data.seq_len")
+def _sample_length(config, _):
+  return _called(lambda: check_sample_length(
+      config.sample.length, config.data.seq_len,
+      f"sample.length={config.sample.length}"))
+
+
+@_rule("train.batch_size", "diffusion.complementary_masks")
+def _complementary_pairs(config, setting):
+  micro = setting.microbatches
+  if not (setting.training and config.diffusion.complementary_masks
+          and config.train.batch_size // micro % 2):
+    return []
+  return ["diffusion.complementary_masks=True pairs the rows of each step's "
+          f"batch: train.batch_size={config.train.batch_size} / "
+          f"train.microbatches={micro} must be even"]
+
+
+@_rule("train.batch_size")
+def _microbatches(config, setting):
+  micro, size = setting.microbatches, config.train.batch_size
+  if not setting.training or size % micro == 0:
+    return []
+  return [f"train.microbatches={micro} must divide train.batch_size={size}"]
+
+
+@_rule("train.batch_size", "model.batch_slices")
+def _batch_slices(config, setting):
+  micro, size = setting.microbatches, config.train.batch_size
+  if not setting.training or size % micro or (
+      size // micro % config.model.batch_slices == 0):
+    return []
+  per_step = "" if micro == 1 else f" / train.microbatches={micro}"
+  return [f"model.batch_slices={config.model.batch_slices} must divide "
+          f"train.batch_size={size}{per_step}"]
+
+
+@_rule("model.attention_impl", "model.dtype")
+def _cudnn(config, setting):
+  """model.attention_impl='cudnn': cuDNN's flash attention runs on NVIDIA
+  GPUs, in 16-bit floats."""
+  if config.model.attention_impl != "cudnn":
+    return []
+  problems = []
+  if config.model.dtype not in ("bfloat16", "float16"):
+    problems.append(f"model.attention_impl='cudnn' needs model.dtype "
+                    f"'bfloat16' or 'float16', not {config.model.dtype!r}")
+  platforms = sorted({d.platform for d in setting.devices or ()})
+  if setting.devices is not None and platforms != ["gpu"]:
+    problems.append(f"model.attention_impl='cudnn' needs NVIDIA GPUs, not "
+                    f"{'/'.join(platforms)} devices; use '' or 'xla'")
   return problems
 
 
-def _cudnn(dtype: str, devices) -> list[str]:
-  """model.attention_impl='cudnn': cuDNN's flash attention runs on NVIDIA
-  GPUs, in 16-bit floats."""
+def _mesh_shape(config, setting) -> dict[str, int] | None:
+  try:
+    return parallel.mesh_shape(config.mesh, len(setting.devices))
+  except errors.UserError:
+    return None
+
+
+@_rule("mesh.data", "mesh.fsdp", "mesh.tensor", devices=True)
+def _mesh(config, setting):
+  try:
+    shape = parallel.mesh_shape(config.mesh, len(setting.devices))
+  except errors.UserError as e:
+    return [str(e)]
+  local_devices = len(setting.devices) // setting.process_count
+  if local_devices % shape["tensor"]:
+    return [f"mesh.tensor={shape['tensor']} must divide the {local_devices} "
+            "devices of each process (a tensor-parallel group stays within a "
+            "process, on its fast interconnect)"]
+  return []
+
+
+@_rule("mesh.data", "mesh.fsdp", "mesh.tensor", "model.num_heads",
+       "model.mlp_dim", devices=True)
+def _tensor_split(config, setting):
+  tensor = (_mesh_shape(config, setting) or {"tensor": 1})["tensor"]
+  return [f"mesh.tensor={tensor} must divide model.{field}="
+          f"{config.model[field]} (else they are not split: every tensor "
+          "device repeats the whole work)"
+          for field in ("num_heads", "mlp_dim") if config.model[field] % tensor]
+
+
+def _shares(config, setting, name: str, parts: int) -> list[str]:
+  """`name` (a batch size) split into `parts` microbatches must give each
+  data-parallel shard (mesh.data x mesh.fsdp; rows are replicated over
+  tensor) and each process an equal share of its rows."""
+  shape = _mesh_shape(config, setting)
+  if shape is None or shape["tensor"] == 1:
+    shards, what = len(setting.devices), "devices"
+  else:
+    shards = shape["data"] * shape["fsdp"]
+    what = "data-parallel shards (mesh.data * mesh.fsdp)"
+  size = config[name.split(".")[0]].batch_size
+  sharers = [f"the {shards} {what}", f"the {setting.process_count} processes"]
+  if parts > 1:
+    sharers[0] = (f"{shards * parts} (the {shards} {what} times "
+                  f"train.microbatches={parts})")
+  return [f"{name}={size} must be divisible by {whose}: each takes an equal "
+          "share of the rows"
+          for count, whose in zip((shards * parts, setting.process_count),
+                                  sharers) if size % count]
+
+
+@_rule("train.batch_size", devices=True)
+def _train_batch_shares(config, setting):
+  if not setting.training:
+    return []
+  return _shares(config, setting, "train.batch_size", setting.microbatches)
+
+
+@_rule("eval.batch_size", devices=True)
+def _eval_batch_shares(config, setting):
+  return _shares(config, setting, "eval.batch_size", 1)
+
+
+def _across(config, bad: set[str], devices, process_count: int,
+            training: bool) -> list[str]:
+  """The rules across fields (and the devices) whose fields are valid."""
+  micro = 1 if "train.microbatches" in bad else config.train.microbatches
+  setting = _Setting(devices, process_count, training, micro)
   problems = []
-  if dtype not in ("bfloat16", "float16"):
-    problems.append(f"model.attention_impl='cudnn' needs model.dtype "
-                    f"'bfloat16' or 'float16', not {dtype!r}")
-  platforms = sorted({d.platform for d in devices or ()})
-  if devices is not None and platforms != ["gpu"]:
-    problems.append(f"model.attention_impl='cudnn' needs NVIDIA GPUs, not "
-                    f"{'/'.join(platforms)} devices; use '' or 'xla'")
+  for fields, needs_devices, rule in _RULES:
+    if bad.isdisjoint(fields) and (devices is not None or not needs_devices):
+      problems += rule(config, setting)
   return problems
 
 
