@@ -1,4 +1,5 @@
-"""Shared fixtures: 8 CPU devices, a tiny text corpus and a tiny config."""
+"""Shared fixtures: 8 CPU devices, a tiny text corpus, a tiny config and a
+tiny model with random parameters."""
 
 import atexit
 import os
@@ -14,11 +15,38 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 
 import pytest  # pylint: disable=g-import-not-at-top
+from flax import nnx  # pylint: disable=g-import-not-at-top
+
+from diffusion_lm import models  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(REPO / "tests" / "tiny_config.py")
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
          "def return import class for while if else print self").split()
+
+
+# A tiny denoiser; tests replace the fields they are about.
+TINY_MODEL = models.TransformerConfig(
+    vocab_size=11, objective="diffusion", num_layers=2, num_heads=2,
+    head_dim=8, embed_dim=16, mlp_dim=32, time_conditioning=False,
+    dtype="float32", rope_base=10_000.0, attention_impl="", local_width=0,
+    batch_slices=1, remat="none", scan_layers=False)
+
+
+def random_params(cfg, seed: int = 0, scale: float = 0.3) -> dict:
+  """Parameters of `cfg`, every one random (N(0, scale^2)), so that the
+  model's outputs depend on all of them (a fresh head starts at zero)."""
+  params = models.init_params(cfg, jax.random.PRNGKey(seed))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return tree.unflatten(
+      [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def randomised(cfg, seed: int = 0, scale: float = 0.3):
+  """The model of `cfg` with random_params."""
+  graphdef, _ = models.abstract_model(cfg)
+  return nnx.merge(graphdef, random_params(cfg, seed, scale))
 
 
 def write_corpus(directory: pathlib.Path, num_files: int = 12) -> str:

@@ -1,5 +1,7 @@
 """The autoregressive twin: causal mask, KV-cache decoding, exact likelihood."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,19 +10,15 @@ import pytest
 from flax import nnx
 
 import diffusion_lm
-from diffusion_lm import (autoregressive, errors, models, parallel,
-                          train_step)
+from diffusion_lm import autoregressive, errors, parallel, train_step
 from diffusion_lm.data import markov, pipeline, tokenizers
 from diffusion_lm.diffusion import sampler_options
 
+from conftest import TINY_MODEL, randomised
 from test_markov_bound import CHAIN, train_on_markov
 
-CFG = models.TransformerConfig(
-    vocab_size=11, objective="autoregressive", num_layers=2, num_heads=2,
-    head_dim=8, embed_dim=16, mlp_dim=32, time_conditioning=False,
-    dtype="float32", rope_base=10_000.0, attention_impl="", local_width=2,
-    batch_slices=1, remat="none",
-    scan_layers=False)
+CFG = dataclasses.replace(TINY_MODEL, objective="autoregressive",
+                          local_width=2)
 BOS = 11
 
 
@@ -28,12 +26,7 @@ BOS = 11
 def model():
   """A causal model (mixing 2 tokens before each into its input) with every
   parameter random (the head starts at zero)."""
-  graphdef, _ = models.abstract_model(CFG)
-  params = models.init_params(CFG, jax.random.PRNGKey(0))
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  return nnx.merge(graphdef, tree.unflatten(
-      [0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+  return randomised(CFG, seed=0, scale=0.5)
 
 
 TOKENS = jnp.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])

@@ -8,26 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import TINY_MODEL, randomised
 from diffusion_lm import errors, models
 from diffusion_lm.models.transformer import Transformer, TransformerConfig
 
-CFG = TransformerConfig(vocab_size=11, objective="diffusion", num_layers=2,
-                        num_heads=2, head_dim=8, embed_dim=16, mlp_dim=32,
-                        time_conditioning=False,
-                        dtype="float32", rope_base=10_000.0, attention_impl="",
-                        local_width=0, batch_slices=1, remat="none",
-                        scan_layers=False)
+CFG = TINY_MODEL
 LOCAL = dataclasses.replace(CFG, local_width=2)
-
-
-def randomised(cfg, seed=0):
-  """A model whose parameters are all random (the head starts at zero)."""
-  graphdef, _ = models.abstract_model(cfg)
-  params = models.init_params(cfg, jax.random.PRNGKey(seed))
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  return nnx.merge(graphdef, tree.unflatten(
-      [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
 
 
 TOKENS = jnp.array([[1, 2, 3, 4, 5, 11]], jnp.int32)  # 11 = [MASK]

@@ -22,28 +22,20 @@ import pytest
 from flax import nnx
 from scipy import special
 
-from diffusion_lm import batching, models
+from conftest import TINY_MODEL, randomised
+from diffusion_lm import batching
 from diffusion_lm.diffusion import objective, schedules
-from diffusion_lm.models.transformer import TransformerConfig
 
 VOCAB, L, MASK = 3, 4, 3
 N_MC = 40_000
 
 
 def random_model(time_conditioning: bool):
-  cfg = TransformerConfig(vocab_size=VOCAB, objective="diffusion", num_layers=1,
-                          num_heads=2, head_dim=4, embed_dim=8, mlp_dim=16,
-                          time_conditioning=time_conditioning, dtype="float32",
-                          rope_base=10_000.0, attention_impl="", local_width=0,
-                          batch_slices=1, remat="none",
-                          scan_layers=False)
-  graphdef, _ = models.abstract_model(cfg)
-  params = models.init_params(cfg, jax.random.PRNGKey(1))
-  # Large random weights (the head starts at zero) so predictions vary a lot.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  params = tree.unflatten([jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
-  return nnx.merge(graphdef, params)
+  """Large random weights, so that predictions vary a lot."""
+  cfg = dataclasses.replace(
+      TINY_MODEL, vocab_size=VOCAB, num_layers=1, head_dim=4, embed_dim=8,
+      mlp_dim=16, time_conditioning=time_conditioning)
+  return randomised(cfg, seed=1, scale=1.0)
 
 
 @pytest.fixture(scope="module")

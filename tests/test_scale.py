@@ -1,6 +1,7 @@
 """For large models: scanned blocks, remat, gradient accumulation, bf16
 compute, the attention implementation, and what training logs about speed."""
 
+import dataclasses
 import glob
 import os
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import load_tiny_config
+from conftest import TINY_MODEL, load_tiny_config, random_params
 from diffusion_lm import (autoregressive, errors, metrics, models, parallel,
                           train, train_step, validation)
 from diffusion_lm.models import transformer
@@ -117,19 +118,13 @@ def test_scanned_program_does_not_grow_with_depth():
 def test_cached_decoding_works_with_scanned_blocks():
   # Catches: the autoregressive twin's KV cache broken by scan_layers (a
   # cache per block where the blocks are stacked, or layers mixed up).
-  cfg = models.TransformerConfig(
-      vocab_size=11, objective="autoregressive", num_layers=2, num_heads=2,
-      head_dim=8, embed_dim=16, mlp_dim=32, time_conditioning=False,
-      dtype="float32", rope_base=10_000.0, attention_impl="", local_width=1,
-      batch_slices=1, remat="none", scan_layers=True)
+  cfg = dataclasses.replace(TINY_MODEL, objective="autoregressive",
+                            local_width=1, scan_layers=True)
   graphdef, _ = models.abstract_model(cfg)
   inputs = autoregressive.shifted_inputs(
       jnp.array([[3, 1, 4, 1, 5, 9], [2, 7, 1, 8, 2, 8]]), 11)
 
-  shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.PRNGKey(0)))
-  rng = np.random.default_rng(0)  # All parameters random (not the head's 0).
-  params = jax.tree.map(lambda x: 0.5 * rng.standard_normal(x.shape, np.float32),
-                        shapes)
+  params = random_params(cfg, scale=0.5)
 
   @jax.jit
   def decoded_and_full(params):
