@@ -236,8 +236,9 @@ def load(workdir: str, step: int | None = None, mesh=None, *,
     return (config, tokenizer, graphdef,
             checkpoints.restore_params(mngr, s, target, config.train))
 
-  step, (config, tokenizer, graphdef, params), _ = checkpoint_integrity.newest_intact(
-      mngr, restore, checkpoints.steps_to_try(mngr, workdir, step))
+  steps = checkpoints.steps_to_try(mngr, workdir, step)
+  step, (config, tokenizer, graphdef, params), _ = (
+      checkpoint_integrity.newest_intact(mngr, restore, steps))
   given = {"data_dir": data_dir, "files": files}
   changed = [f"data.{k}={v!r} (the checkpoint's: {config.data[k]!r})"
              for k, v in given.items() if config.data[k] != v]

@@ -37,6 +37,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from diffusion_lm import checkpoint_integrity as integrity
+from diffusion_lm.checkpoint_integrity import CorruptCheckpoint
 from diffusion_lm import config_base, errors, files, models
 from diffusion_lm.data import pipeline, tokenizers
 
@@ -67,7 +68,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_iterator,
   checksums, nonfinite = integrity.fingerprint(state)
   if nonfinite:
     raise errors.UserError(
-        f"not saving the train state of step {step}: {integrity.listed(nonfinite)} "
+        f"not saving the train state of step {step}: "
+        f"{integrity.listed(nonfinite)} "
         f"hold NaN or infinite values; the checkpoints in {mngr.directory} "
         "are kept")
   config_json, tokenizer_json = config.to_dict(), tokenizer.to_json()
@@ -96,7 +98,7 @@ def _saved_items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
 def _restore(mngr: ocp.CheckpointManager, step: int,
              items: dict) -> ocp.args.Composite:
   """mngr.restore of these items, the JSON checksums with them when saved;
-  a failure is a integrity.CorruptCheckpoint. With several processes, a failure on one
+  a failure is a CorruptCheckpoint. With several processes, a failure on one
   is a failure on all (so that they fall back together)."""
   if integrity.CHECKSUMS in _saved_items(mngr, step):
     items = {**items, integrity.CHECKSUMS: ocp.args.JsonRestore()}
@@ -109,7 +111,7 @@ def _restore(mngr: ocp.CheckpointManager, step: int,
   if jax.process_count() > 1:
     failed = multihost_utils.process_allgather(np.int32(error is not None))
     if error is None and np.any(failed):
-      error = integrity.CorruptCheckpoint("unreadable on another process")
+      error = CorruptCheckpoint("unreadable on another process")
   if error is not None:
     raise error
   return restored
@@ -120,14 +122,14 @@ def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
   """Sets the fields of `group` (a config or one of its groups) from
   `saved`, its JSON, group by group; the fields it does not know go to
   `dropped`. A value of another type than the field's is a
-  integrity.CorruptCheckpoint."""
+  CorruptCheckpoint."""
   for name, value in saved.items():
     field = f"{path}{name}"
     if name not in group:
       dropped.append(field)
     elif isinstance(group[name], ml_collections.ConfigDict):
       if not isinstance(value, dict):
-        raise integrity.CorruptCheckpoint(f"its config field {field} is {value!r}: "
+        raise CorruptCheckpoint(f"its config field {field} is {value!r}: "
                                 "expected a group of fields, found "
                                 f"{type(value).__name__}")
       _merge(group[name], value, field + ".", dropped)
@@ -135,7 +137,7 @@ def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
       try:
         group[name] = value
       except TypeError as e:  # ConfigDict keeps each field's type.
-        raise integrity.CorruptCheckpoint(
+        raise CorruptCheckpoint(
             f"its config field {field} is {value!r}: expected "
             f"{type(group[name]).__name__}, found {type(value).__name__}"
         ) from e
@@ -144,9 +146,9 @@ def _merge(group: ml_collections.ConfigDict, saved: dict, path: str,
 def _merged_config(saved: dict, step: int) -> ml_collections.ConfigDict:
   """The saved config over today's defaults (config_base): a field added
   since takes its default; a saved field that no longer exists is dropped
-  with a warning; one of the wrong type is a integrity.CorruptCheckpoint."""
+  with a warning; one of the wrong type is a CorruptCheckpoint."""
   if not isinstance(saved, dict):
-    raise integrity.CorruptCheckpoint(f"its config is a {type(saved).__name__}, not a "
+    raise CorruptCheckpoint(f"its config is a {type(saved).__name__}, not a "
                             "dict of groups")
   config, dropped = config_base.base_config(), []
   _merge(config, saved, "", dropped)
@@ -162,28 +164,28 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int,
   their checksums; the config over today's defaults (_merged_config).
 
   A checkpoint without checksums is used unverified, with a warning naming
-  it; with require_checksums it is a integrity.CorruptCheckpoint.
+  it; with require_checksums it is a CorruptCheckpoint.
   """
   restored = _restore(mngr, step, {"config": ocp.args.JsonRestore(),
                                    "tokenizer": ocp.args.JsonRestore()})
   if integrity.CHECKSUMS not in restored:
     if require_checksums:
-      raise integrity.CorruptCheckpoint("it has no checksums, and verified checkpoints "
+      raise CorruptCheckpoint("it has no checksums, and verified checkpoints "
                               "are required")
     logging.warning("The checkpoint at step %d in %s has no checksums: it is "
                     "used unverified.", step, mngr.directory)
   for name, digest in integrity.saved_checksums(restored, "json").items():
     if integrity.digest(restored[name]) != digest:
-      raise integrity.CorruptCheckpoint(f"{name} differs from its checksum")
+      raise CorruptCheckpoint(f"{name} differs from its checksum")
   config = _merged_config(restored["config"], step)
   try:
     tokenizer = tokenizers.from_json(restored["tokenizer"])
   except Exception as e:  # pylint: disable=broad-exception-caught
-    raise integrity.CorruptCheckpoint(f"its tokenizer cannot be rebuilt: {e}") from e
+    raise CorruptCheckpoint(f"its tokenizer cannot be rebuilt: {e}") from e
   try:  # Saved values this version cannot build a model from.
     models.TransformerConfig.from_config(config.model, tokenizer.vocab_size)
   except errors.UserError as e:
-    raise integrity.CorruptCheckpoint(f"its model config is not valid: {e}") from e
+    raise CorruptCheckpoint(f"its model config is not valid: {e}") from e
   return config, tokenizer
 
 
@@ -197,7 +199,7 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int,
   missing = [n for n in target
              if n not in saved and n not in (*_ADDED_ITEMS, "ema")]
   if missing:
-    raise integrity.CorruptCheckpoint(f"no item {integrity.listed(missing)}")
+    raise CorruptCheckpoint(f"no item {integrity.listed(missing)}")
   names = [n for n in target if n in saved]
   restored = _restore(mngr, step, {n: ocp.args.StandardRestore(target[n])
                                    for n in names})
@@ -230,7 +232,7 @@ def restore_data_position(mngr: ocp.CheckpointManager, step: int,
     raise integrity.unreadable(e, "reading data") from e
   if not files or len(files) != int(
       files[0].name.split("-of-")[1].removesuffix(".json")):
-    raise integrity.CorruptCheckpoint("no data position, or not every process's "
+    raise CorruptCheckpoint("no data position, or not every process's "
                             "(item data)")
   try:
     data_iterator.set_state(pipeline.merge_positions(states))

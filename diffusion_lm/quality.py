@@ -155,8 +155,8 @@ def floors(params, n: int, draws: int = 100, seed: int = 0) -> dict:
 
 
 def replay_kind(options) -> str | None:
-  """The name of what the replay measures for these sampler_options.SamplerOptions
-  (module docstring), or None when it measures nothing exact: remdm,
+  """The name of what the replay measures for these options (a
+  sampler_options.SamplerOptions; module docstring), or None when it measures nothing exact: remdm,
   confidence drawing its positions (order_temperature), EOS-filled rows
   (stop_at_eos), or tokens drawn at a temperature or top_p."""
   if (options.temperature != 1 or options.top_p < 1 or options.stop_at_eos

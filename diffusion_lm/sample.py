@@ -49,7 +49,8 @@ _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
 _OPTIONS = {
     f.name: _DEFINE[type(f.default)](
         f.name, None, f"sample.{f.name}, read by: " + ", ".join(
-            s for s, names in sampler_options.SAMPLER_OPTIONS.items() if f.name in names))
+            s for s, names in sampler_options.SAMPLER_OPTIONS.items()
+            if f.name in names))
     for f in dataclasses.fields(sampler_options.SamplerOptions)}
 flags.mark_flag_as_required("workdir")
 

@@ -37,8 +37,8 @@ import jax
 from absl import logging
 
 from diffusion_lm import (checkpoints, errors, evaluation, metrics, models,
-                          parallel, previews, step_memory, train_step, validation,
-                          workdir_lock)
+                          parallel, previews, step_memory, train_step,
+                          validation, workdir_lock)
 from diffusion_lm.data import corpora, pipeline, tokenizer_training, tokenizers
 
 

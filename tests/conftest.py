@@ -13,6 +13,9 @@ import jax
 
 # Before any JAX computation: 8 CPU devices for the sharding tests.
 jax.config.update("jax_num_cpu_devices", 8)
+# Broadcasting between arrays of different ranks is an error (write
+# x[None] or x[:, None]): a silently broadcast shape is a common bug.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import pytest  # pylint: disable=g-import-not-at-top
 from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -102,6 +105,7 @@ atexit.register(shutil.rmtree, _COMPILED, ignore_errors=True)
 def run_module(module: str, *args, check: bool = True, **kwargs):
   """Runs `python -m module args` on one CPU device; returns the result."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
+             JAX_NUMPY_RANK_PROMOTION="raise",
              JAX_COMPILATION_CACHE_DIR=_COMPILED,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   result = subprocess.run([sys.executable, "-m", module, *args], env=env,

@@ -15,7 +15,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO, load_tiny_config, run_module
-from diffusion_lm import budget, errors, metrics, parallel, step_memory, train_step
+from diffusion_lm import (budget, errors, metrics, parallel, step_memory,
+                          train_step)
 
 
 class _Vocab:

@@ -256,14 +256,16 @@ def test_resume_can_require_checksums(run, tmp_path):
   workdir, _ = stacked(run, tmp_path, {"unverified": (
       sums_lost_and_params_of_step_3, "")})
   config, tokenizer = run[1], tokenizers.ByteTokenizer()
-  training = train_step.build(config, tokenizer, parallel.make_mesh(config.mesh))
+  mesh = parallel.make_mesh(config.mesh)
+  training = train_step.build(config, tokenizer, mesh)
   step, _, _ = checkpoints.resume(
       checkpoints.manager(workdir), training.state_target,
       lambda offset: iter(pipeline.train_dataset(config, tokenizer,
                                                  seed_offset=offset)),
       tokenizer, config.model, require_checksums=True)
   assert step == 6
-  assert os.listdir(os.path.join(workdir, checkpoint_integrity.UNREADABLE)) == ["7"]
+  aside = os.path.join(workdir, checkpoint_integrity.UNREADABLE)
+  assert os.listdir(aside) == ["7"]
 
 
 @pytest.mark.slow
@@ -342,7 +344,8 @@ def test_resuming_with_other_shapes_names_the_fields(run, tmp_path):
   assert ("resume with --config.model.embed_dim=32 --config.model.mlp_dim=64 "
           "(the checkpoint's values), or start a new --workdir") in message
   assert "strict" not in message
-  assert not os.path.exists(os.path.join(workdir, checkpoint_integrity.UNREADABLE))
+  assert not os.path.exists(
+      os.path.join(workdir, checkpoint_integrity.UNREADABLE))
 
 
 # ------------------------------------------------------------------ Pieces

@@ -279,7 +279,8 @@ def test_flipped_bytes_fall_back_to_the_previous_checkpoint_and_resume_exactly(
     assert strict_json(f.read())["step"] == 3
   assert math.isfinite(result["bits_per_byte"])
   train.train_and_evaluate(run[1], workdir)
-  assert os.listdir(os.path.join(workdir, checkpoint_integrity.UNREADABLE)) == ["6"]
+  aside = os.path.join(workdir, checkpoint_integrity.UNREADABLE)
+  assert os.listdir(aside) == ["6"]
   ours, uninterrupted = api.load(workdir), api.load(run[0])
   assert ours.step == 6
   for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(uninterrupted.params)):

@@ -84,9 +84,10 @@ class Oracle:
 
   def __call__(self, table, z_BxL, mask_rate_B):
     seqs = jnp.asarray(SEQS)
-    fits_BxS = jnp.all((z_BxL[:, None] == MASK) | (z_BxL[:, None] == seqs), axis=-1)
+    fits_BxS = jnp.all((z_BxL[:, None] == MASK) | (z_BxL[:, None] == seqs[None]),
+                       axis=-1)
     # The 1e-30 keeps z that fits no sequence of the support well defined.
-    posterior_BxS = (table + 1e-30) * fits_BxS
+    posterior_BxS = (table + 1e-30)[None] * fits_BxS
     posterior_BxS /= posterior_BxS.sum(-1, keepdims=True)
     return jnp.log(jnp.einsum("bs,slv->blv", posterior_BxS, jax.nn.one_hot(seqs, 3)))
 

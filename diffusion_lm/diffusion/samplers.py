@@ -4,7 +4,8 @@ One jitted loop (`lax.while_loop`, static shapes, one dispatch per `sample`)
 over a `denoise_fn(params, z_BxL, mask_rate_B) -> logits_BxLxV`. A sampler is a
 small rule in the `sampling_rules.SAMPLERS` table: given the logits and the
 current sequence, which masked positions to commit and, for remasking
-samplers, which committed ones to reopen. The loop owns everything else, so every sampler gets it:
+samplers, which committed ones to reopen. The loop owns everything else,
+so every sampler gets it:
 
 * Tokens: drawn after the rule has chosen, at the committed positions only,
   each from softmax(logits / temperature), top-p filtered (argmax at
@@ -152,10 +153,10 @@ def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
     """Done rows whose first generated EOS has no [MASK] before it."""
     eos_BxL = (z_BxL == eos_id) & ~fixed_BxL
     first_B = jnp.argmax(eos_BxL, axis=-1)
-    before_BxL = pos_L < first_B[:, None]
+    before_BxL = pos_L[None] < first_B[:, None]
     stop_B = (jnp.any(eos_BxL, axis=-1)
               & ~jnp.any((z_BxL == mask_id) & before_BxL, axis=-1))
-    fill_BxL = stop_B[:, None] & ~fixed_BxL & (pos_L > first_B[:, None])
+    fill_BxL = stop_B[:, None] & ~fixed_BxL & (pos_L[None] > first_B[:, None])
     commit_step_BxL = jnp.where(fill_BxL & (z_BxL != eos_id), c.it, commit_step_BxL)
     return (jnp.where(fill_BxL, eos_id, z_BxL),
             jnp.where(stop_B, num_blocks, block_B),
@@ -164,7 +165,7 @@ def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
   def body(c: _Carry):
     draw_key, rule_key, clock_key = jax.random.split(jax.random.fold_in(key, c.it), 3)
     active_B = c.block_B < num_blocks
-    in_block_BxL = block_L == c.block_B[:, None]
+    in_block_BxL = block_L[None] == c.block_B[:, None]
     candidates_BxL = (c.z_BxL == mask_id) & in_block_BxL
     rate_B = c.rate_B
     if sampler.clock is not None:

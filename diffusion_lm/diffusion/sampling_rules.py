@@ -97,14 +97,14 @@ def _spaced(score_BxL, candidates_BxL, spacing: int):
   closer than `spacing` to one taken before it (all of them at spacing 1)."""
   if spacing <= 1:
     return candidates_BxL
-  pos_L = jnp.arange(score_BxL.shape[-1])
+  pos_1xL = jnp.arange(score_BxL.shape[-1])[None]
   order_BxL = jnp.argsort(jnp.where(candidates_BxL, -score_BxL, jnp.inf), axis=-1)
 
   def take(k, taken_BxL):
     pos_Bx1 = jax.lax.dynamic_slice_in_dim(order_BxL, k, 1, axis=-1)
-    near_BxL = jnp.abs(pos_L - pos_Bx1) < spacing
+    near_BxL = jnp.abs(pos_1xL - pos_Bx1) < spacing
     free_Bx1 = ~jnp.any(taken_BxL & near_BxL, axis=-1, keepdims=True)
-    return taken_BxL | ((pos_L == pos_Bx1) & free_Bx1 & candidates_BxL)
+    return taken_BxL | ((pos_1xL == pos_Bx1) & free_Bx1 & candidates_BxL)
 
   # Candidates sort first in order_BxL: stop after the most any row has.
   most = jnp.max(jnp.sum(candidates_BxL, axis=-1))
@@ -145,7 +145,7 @@ def _reverse_step(step: Step, rate_s_B, sigma_B):
   u_BxL = jax.random.uniform(step.key, step.candidates_BxL.shape)
   commit_BxL = step.candidates_BxL & (u_BxL < a_B[:, None])
   reopen_BxL = (step.generated_BxL & ~step.candidates_BxL
-                & (u_BxL < jnp.asarray(sigma_B)[..., None]))
+                & (u_BxL < jnp.broadcast_to(sigma_B, a_B.shape)[:, None]))
   return Move(commit_BxL, rate_s_B, reopen_BxL)
 
 
@@ -259,8 +259,8 @@ def _factor(step: Step):
   confidence_BxL = _top_prob(step)
   eligible_BxL = _spaced(confidence_BxL, step.candidates_BxL, step.options.spacing)
   c_BxL = _sorted_candidates(confidence_BxL, eligible_BxL)  # c_(n).
-  n_L = jnp.arange(1, c_BxL.shape[-1] + 1)
-  fits_B = jnp.sum((n_L + 1) * (1.0 - c_BxL) < step.options.factor, axis=-1)
+  n_1xL = jnp.arange(1, c_BxL.shape[-1] + 1)[None]
+  fits_B = jnp.sum((n_1xL + 1) * (1.0 - c_BxL) < step.options.factor, axis=-1)
   commit_BxL = _commit_top(confidence_BxL, eligible_BxL, jnp.maximum(fits_B, 1))
   return Move(commit_BxL, _fraction_rate(step, commit_BxL))
 

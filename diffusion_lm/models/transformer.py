@@ -115,7 +115,7 @@ class RMSNorm(nnx.Module):
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
-    return (y * self.scale[...]).astype(x.dtype)
+    return (y * self.scale[...][(None,) * (y.ndim - 1)]).astype(x.dtype)
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float):
