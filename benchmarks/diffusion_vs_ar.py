@@ -1,7 +1,8 @@
 """Diffusion against its autoregressive twin: same data, size, code and machine.
 
   python benchmarks/diffusion_vs_ar.py --diffusion_workdir=runs/quickstart \
-      --ar_workdir=runs/quickstart_ar --output_dir=runs/vs
+      --ar_workdir=runs/quickstart_ar --judge_workdir=runs/judge \
+      --output_dir=runs/vs
   python benchmarks/diffusion_vs_ar.py --train_quick=configs/markov.py \
       --output_dir=runs/vs_markov    # trains CONFIG and CONFIG:ar first
 
@@ -14,24 +15,26 @@ results.jsonl, table.md and frontier.png to --output_dir:
   computes: a diffusion call reads all L positions; an AR step attends over
   its whole static cache of L positions);
 * quality, of --num_samples samples per setting drawn with float64 noise:
-  perplexity per token under the AR twin (the same tokenizer, so no
-  retokenising) beside the samples' unigram entropy (flagged when it falls
-  10% below the AR samples': repetitive text games perplexity), and on the
-  `markov` corpus the chain's exact report (diffusion_lm.quality);
+  perplexity per token of the sampled rows under a judge that wrote none of
+  them (--judge_workdir: any model with the same tokenizer, e.g. the AR
+  twin's recipe trained with another seed; exact for an AR judge, the
+  NELBO bound for a diffusion one), cross-scored by both contestants (the
+  AR twin's exact perplexity and the diffusion model's bound), beside the
+  samples' unigram entropy (flagged when it falls 10% below the AR
+  samples': repetitive text games perplexity), and on the `markov` corpus
+  the chain's exact report (diffusion_lm.quality);
 * likelihood: each model's bits per byte on its eval split (the diffusion
   bound, the AR exact value) from its metrics.jsonl;
 * the frontier: per diffusion sampler, the fastest setting (batch 32) whose
-  AR-twin perplexity is within 10% of the AR samples' own, and its speed
-  ratio to AR.
+  judge perplexity (the AR twin's without a judge) is within 10% of the AR
+  samples', and its speed ratio to AR, both from this run.
 """
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import jax
 import matplotlib
@@ -42,6 +45,8 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from diffusion_lm import api, evaluation, metrics, quality  # pylint: disable=g-import-not-at-top
 from diffusion_lm.data import pipeline  # pylint: disable=g-import-not-at-top
+
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 BATCHES = (1, 32)
 
@@ -78,37 +83,22 @@ def run(lm, init, options, seed=0):
   return jax.block_until_ready(lm.generate(init, seed=seed, **options))
 
 
-def timed(lm, init, options, runs: int) -> float:
-  run(lm, init, options)  # Compiles.
-  seconds = []
-  for i in range(runs):
-    start = time.perf_counter()
-    run(lm, init, options, seed=i)
-    seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds)
-
-
-def generated(init, result, mask_id) -> int:
-  before_end = np.arange(init.shape[1]) < np.asarray(result.length_B)[:, None]
-  return int(np.sum((init == mask_id) & before_end))
-
-
 def speed(lm, options: dict, batch: int, runs: int) -> dict:
-  """Throughput and latency of one setting at one batch size."""
+  """Throughput and latency of one setting at one batch size (timing.py:
+  each timed run its own seed; calls per token of the timed runs)."""
   init = lm.prompt_template("", batch)
-  seconds = timed(lm, init, options, runs)
-  result = run(lm, init, options)
-  tokens = generated(init, result, lm.tokenizer.mask_id)
+  timed, result = timing.tokens_per_second(lm.generate, init, options, runs,
+                                           lm.tokenizer.mask_id)
   commit = np.asarray(result.commit_step_BxL)
   iterations = int(commit.max()) + 1
-  calls = int(np.sum(result.calls_B))
-  return {"batch": batch, "tokens_per_s": tokens / seconds,
-          "seconds_to_sequence": seconds,
-          # The first iteration that committed a token, at the mean iteration time.
-          "seconds_to_first_token": seconds * (int(commit[commit >= 0].min()) + 1)
-                                    / iterations,
-          "calls_per_token": calls / tokens,
-          "flops_per_token": calls * flops_per_call(lm) / tokens}
+  return {"batch": batch, "tokens_per_s": timed["tokens_per_s"],
+          "seconds_to_sequence": timed["seconds"],
+          # Seed 0's first iteration that committed a token, at its mean
+          # iteration time (the median run's seconds).
+          "seconds_to_first_token": timed["seconds"] * (
+              int(commit[commit >= 0].min()) + 1) / iterations,
+          "calls_per_token": timed["timed_calls_per_token"],
+          "flops_per_token": timed["timed_calls_per_token"] * flops_per_call(lm)}
 
 
 def samples(lm, options: dict, num_samples: int):
@@ -120,27 +110,31 @@ def samples(lm, options: dict, num_samples: int):
   return rows[:num_samples], texts
 
 
-def ar_bits_per_token(ar, rows_NxL) -> float:
-  """The AR twin's exact -log2 p of whole sampled rows, per token."""
+def bits_per_token(lm, rows_NxL, num_t_samples: int = 16) -> float:
+  """-log2 p of whole sampled rows under `lm`, per token: exact for an AR
+  model, the NELBO bound (num_t_samples estimates) for a diffusion one."""
   step = evaluation.make_eval_step(
-      ar.graphdef, jax.tree.map(lambda x: x.sharding, ar.params), ar.mesh,
-      ar.tokenizer.mask_id, 1)
+      lm.graphdef, jax.tree.map(lambda x: x.sharding, lm.params), lm.mesh,
+      lm.tokenizer.mask_id, num_t_samples)
   batch = {"tokens": rows_NxL.astype(np.int32),
            "weights": np.ones(rows_NxL.shape, np.float32)}
-  nats = evaluation.nelbos(step, ar.params,
-                           pipeline.eval_batches(batch, ar.config.eval.batch_size),
-                           ar.mesh, jax.random.PRNGKey(0))
-  return float(nats[0, :len(rows_NxL)].sum() / rows_NxL.size / np.log(2))
+  nats = evaluation.nelbos(step, lm.params,
+                           pipeline.eval_batches(batch, lm.config.eval.batch_size),
+                           lm.mesh, jax.random.PRNGKey(0))
+  return float(nats[:, :len(rows_NxL)].mean(axis=0).sum() / rows_NxL.size
+               / np.log(2))
 
 
-def judge(rows_NxL, texts: list[str], ar, lm) -> dict:
-  """Quality of samples: AR-twin perplexity, unigram entropy, chain report."""
+def judge(rows_NxL, texts: list[str], lm, scorers: dict) -> dict:
+  """Quality of samples: perplexity under each scorer, unigram entropy,
+  and the chain report on the markov corpus."""
   eos = lm.tokenizer.eos_id
   content = [row[:np.argmax(row == eos)] if np.any(row == eos) else row
              for row in rows_NxL]
-  result = {"ar_perplexity": 2 ** ar_bits_per_token(ar, rows_NxL),
-            "unigram_entropy_bits": float(np.mean(
-                [quality.unigram_entropy_bits(c) for c in content if len(c)]))}
+  result = {f"{name}_perplexity": 2 ** bits_per_token(scorer, rows_NxL)
+            for name, scorer in scorers.items()}
+  result["unigram_entropy_bits"] = float(np.mean(
+      [quality.unigram_entropy_bits(c) for c in content if len(c)]))
   if lm.config.data.corpus == "markov":
     result.update(quality.chain_report(texts, lm.config.data.markov))
   return result
@@ -166,49 +160,52 @@ def train_quick(config: str, output_dir: str) -> tuple[str, str]:
   return tuple(workdirs)
 
 
-def frontier(rows: list[dict], tolerance: float = 0.1) -> dict:
+def frontier(rows: list[dict], key: str, tolerance: float = 0.1) -> dict:
   """Per diffusion sampler: the fastest setting at batch 32 within
-  `tolerance` of the AR samples' AR-twin perplexity, and its speed ratio."""
+  `tolerance` of the AR samples' perplexity under `key` (a row's key), and
+  its speed ratio."""
   ar = next(r for r in rows if r["model"] == "ar" and r["batch"] == 32)
   best = {}
   for r in rows:
     if r["model"] != "diffusion" or r["batch"] != 32:
       continue
-    if r["ar_perplexity"] <= (1 + tolerance) * ar["ar_perplexity"]:
+    if r[key] <= (1 + tolerance) * ar[key]:
       name = r["options"]["sampler"]
       if name not in best or r["tokens_per_s"] > best[name]["tokens_per_s"]:
         best[name] = r
-  return {name: {"options": r["options"], "ar_perplexity": r["ar_perplexity"],
+  return {name: {"options": r["options"], key: r[key],
                  "tokens_per_s": r["tokens_per_s"],
                  "speed_vs_ar": r["tokens_per_s"] / ar["tokens_per_s"]}
           for name, r in best.items()}
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], scorers: list[str]) -> str:
   header = ("| model | options | batch | tokens/s | s to first token | "
-            "calls/token | GFLOPs/token | AR-twin ppl | unigram H |")
-  lines = [header, "|" + "---|" * 9]
+            "calls/token | GFLOPs/token | "
+            + " | ".join(f"{name} ppl" for name in scorers) + " | unigram H |")
+  lines = [header, "|" + "---|" * (8 + len(scorers))]
   for r in rows:
     options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
     low = " (low)" if r["low_entropy"] else ""
     lines.append(
         f"| {r['model']} | {options} | {r['batch']} | {r['tokens_per_s']:.0f} | "
         f"{r['seconds_to_first_token']:.3f} | {r['calls_per_token']:.3f} | "
-        f"{r['flops_per_token'] / 1e9:.3f} | {r['ar_perplexity']:.3f} | "
-        f"{r['unigram_entropy_bits']:.2f}{low} |")
+        f"{r['flops_per_token'] / 1e9:.3f} | "
+        + " | ".join(f"{r[f'{name}_perplexity']:.3f}" for name in scorers)
+        + f" | {r['unigram_entropy_bits']:.2f}{low} |")
   return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], scorer: str, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   for model in ("diffusion", "ar"):
-    points = [(r["tokens_per_s"], r["ar_perplexity"]) for r in rows
+    points = [(r["tokens_per_s"], r[f"{scorer}_perplexity"]) for r in rows
               if r["model"] == model and r["batch"] == 32]
     ax.plot(*zip(*points), "o" if model == "diffusion" else "*",
             markersize=6 if model == "diffusion" else 14, label=model)
   ax.set_xscale("log")
   ax.set(xlabel="generated tokens/s (batch 32)",
-         ylabel="perplexity of the samples under the AR twin")
+         ylabel=f"perplexity of the samples under the {scorer}")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path + ".tmp.png", dpi=120)
@@ -225,6 +222,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--diffusion_workdir", default="")
   parser.add_argument("--ar_workdir", default="")
+  parser.add_argument("--judge_workdir", default="",
+                      help="a model that wrote none of the samples, with the "
+                      "same tokenizer, to judge them (recommended)")
   parser.add_argument("--train_quick", default="",
                       help="a config to train (and its :ar twin) first")
   parser.add_argument("--num_samples", type=int, default=256)
@@ -236,14 +236,19 @@ def main():
     args.diffusion_workdir, args.ar_workdir = train_quick(args.train_quick,
                                                           args.output_dir)
   diffusion, ar = api.load(args.diffusion_workdir), api.load(args.ar_workdir)
-  if diffusion.tokenizer.to_json() != ar.tokenizer.to_json():
-    sys.exit("error: the two workdirs use different tokenizers")
+  scorers = {"ar_twin": ar, "diffusion_bound": diffusion}
+  if args.judge_workdir:
+    scorers = {"judge": api.load(args.judge_workdir), **scorers}
+  if any(lm.tokenizer.to_json() != ar.tokenizer.to_json()
+         for lm in scorers.values()):
+    sys.exit("error: the workdirs use different tokenizers")
+  key = next(iter(scorers))  # What the frontier and the figure use.
 
   rows = []
   settings = [("ar", ar, {})] + [("diffusion", diffusion, o) for o in
                                  diffusion_sweep(diffusion.config.data.seq_len)]
   for model, lm, options in settings:
-    judged = judge(*samples(lm, options, args.num_samples), ar, lm)
+    judged = judge(*samples(lm, options, args.num_samples), lm, scorers)
     for batch in BATCHES:
       rows.append({"model": model, "options": options,
                    **speed(lm, options, batch, args.runs), **judged})
@@ -253,12 +258,12 @@ def main():
     r["low_entropy"] = r["unigram_entropy_bits"] < 0.9 * ar_entropy
   summary = {"likelihood": {"diffusion": likelihood(args.diffusion_workdir),
                             "ar": likelihood(args.ar_workdir)},
-             "frontier": frontier(rows)}
+             "frontier_by": key, "frontier": frontier(rows, f"{key}_perplexity")}
   print(json.dumps({"summary": summary}))
   write(os.path.join(args.output_dir, "results.jsonl"),
         "".join(json.dumps(r) + "\n" for r in rows + [{"summary": summary}]))
-  write(os.path.join(args.output_dir, "table.md"), table(rows))
-  plot(rows, os.path.join(args.output_dir, "frontier.png"))
+  write(os.path.join(args.output_dir, "table.md"), table(rows, list(scorers)))
+  plot(rows, key, os.path.join(args.output_dir, "frontier.png"))
 
 
 if __name__ == "__main__":

@@ -5,29 +5,34 @@
 
 From every test-split file, the functions whose body is 3 to 20 lines give
 two tasks: blank the whole body, or one line of it (at random), when the
-span fits in half a row (in tokens). Each model sees one row of
+span fits in half a row (in tokens). Both models get the same row of
 data.seq_len tokens: the span and the text around it (as much before it as
-after, where the file allows):
+after, where the file allows; EOS after the file's end, as the scoring row
+has it), and both are told the span's length in tokens:
 
-* diffusion fills the span, of its original length in tokens, with the text
-  after it in view (--sampler and its options);
-* AR sees only the text before it and writes to the end of the row; its fill
-  ends where the line ends (one-line task) or a line comes back to the
-  function's own indentation (body task), or at EOS.
+* diffusion fills the span's positions with the text after it in view
+  (--sampler and its options);
+* AR reads only the text before it and writes as many tokens as the span
+  has.
 
-Scores, per model and task, over --seeds sampling seeds: the fraction of
-files that still parse (`ast.parse` of the whole file with the fill), the
-exact-match rate, and the bits each model gives the original span in its
-window (diffusion: the NELBO bound with only the span masked, the context
-in view; AR: the exact -log2 p of the span given what precedes it).
-Prints one JSON line per (model, task) and a summary.
+Each fill ends at its first EOS (stripped). Two trivial fills stand beside
+them: `pass` at the span's indentation, and deleting the span. Scores per
+fill and task kind: whether the whole file still parses (`ast.parse`),
+exact match, and the token-level similarity to the original span
+(difflib's ratio: 2 x matched tokens / both lengths), each as a mean over
+tasks and --seeds sampling seeds with its standard error over tasks (a
+task's score averaged over its seeds, so both sources of noise count);
+and the bits each model gives the original span in its window (diffusion:
+the NELBO bound with only the span masked, the context in view; AR: the
+exact -log2 p of the span given what precedes it).
+Prints one JSON line per (fill, task kind) and writes them to --output.
 """
 
 import argparse
 import ast
+import difflib
 import json
 import os
-import statistics
 
 import jax
 import numpy as np
@@ -62,12 +67,12 @@ def tasks(data: bytes, seq_len: int, encode, rng) -> list[dict]:
     nonblank = [i for i, l in enumerate(lines) if l.strip()]
     i = int(rng.choice(nonblank))
     line_start = start + sum(len(l) for l in lines[:i])
-    indent = len(lines[0]) - len(lines[0].lstrip())
-    for kind, (s, e) in (("body", (start, end)),
-                         ("line", (line_start, line_start + len(lines[i])))):
+    for kind, (s, e), first in (
+        ("body", (start, end), lines[0]),
+        ("line", (line_start, line_start + len(lines[i])), lines[i])):
       if len(encode(data[s:e])) <= seq_len // 2:
         out.append({"kind": kind, "file": data, "start": s, "end": e,
-                    "indent": indent})
+                    "indent": len(first) - len(first.lstrip())})
   return out
 
 
@@ -86,44 +91,38 @@ def pieces(lm, task: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def template(lm, task: dict, causal: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(one row of ids with the span masked, True where the model writes):
-  the span (diffusion), or everything from it on (AR: nothing after it)."""
+  """(one row of ids, True at the span's positions): the context with the
+  span masked and EOS after it up to the row's end; for AR everything from
+  the span on is masked (it continues what precedes)."""
   before, span, after = pieces(lm, task)
-  mask = lm.tokenizer.mask_id
-  ids = np.concatenate([before, np.full(len(span), mask), after]).astype(np.int32)
-  writes = np.arange(len(ids)) >= len(before)
+  seq_len, mask = lm.config.data.seq_len, lm.tokenizer.mask_id
+  ids = np.concatenate([before, np.full(len(span), mask), after])
+  ids = np.pad(ids, (0, seq_len - len(ids)), constant_values=lm.tokenizer.eos_id)
+  position = np.arange(seq_len)
   if causal:
-    ids = np.where(writes, mask, ids)
-  else:
-    writes &= np.arange(len(ids)) < len(before) + len(span)
-  pad = lm.config.data.seq_len - len(ids)
-  return (np.pad(ids, (0, pad), constant_values=mask),
-          np.pad(writes, (0, pad), constant_values=causal))
+    ids = np.where(position >= len(before), mask, ids)
+  at_span = (position >= len(before)) & (position < len(before) + len(span))
+  return ids.astype(np.int32), at_span
 
 
-def ar_cut(text: str, task: dict) -> str:
-  """The AR continuation up to the end of the span it writes."""
-  text = text.split("<|eos|>")[0]
-  if task["kind"] == "line":
-    return text.split("\n")[0] + "\n" if "\n" in text else text
-  kept = []
-  for line in text.splitlines(True):
-    if kept and line.strip() and len(line) - len(line.lstrip()) < task["indent"]:
-      break  # Back to the function's own level (or out of it).
-    kept.append(line)
-  return "".join(kept)
+def fill_tokens(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+  """A fill's tokens up to its first EOS."""
+  ends = np.flatnonzero(tokens == eos_id)
+  return tokens[:ends[0]] if len(ends) else tokens
 
 
-def fills(lm, batch: list[dict], causal: bool, seed: int, options) -> list[str]:
+def fills(lm, batch: list[dict], causal: bool, seed: int, options
+          ) -> list[np.ndarray]:
+  """Each task's fill, as token ids up to its first EOS."""
   inits = [template(lm, t, causal) for t in batch]
-  init = np.stack([i for i, _ in inits])
-  result = lm.generate(init, seed=seed, **options)
-  tokens = np.asarray(result.tokens_BxL)
-  out = []
-  for t, (_, span), row in zip(batch, inits, tokens):
-    text = lm.tokenizer.decode(row[span])
-    out.append(ar_cut(text, t) if causal else text)
-  return out
+  result = lm.generate(np.stack([i for i, _ in inits]), seed=seed, **options)
+  return [fill_tokens(row[at_span], lm.tokenizer.eos_id)
+          for (_, at_span), row in zip(inits, np.asarray(result.tokens_BxL))]
+
+
+def trivial_fill(task: dict, kind: str) -> bytes:
+  """`pass` at the span's indentation, or nothing."""
+  return b"" if kind == "delete" else b" " * task["indent"] + b"pass\n"
 
 
 def span_bits(lm, batch: list[dict], num_t_samples: int) -> list[float]:
@@ -149,13 +148,31 @@ def span_bits(lm, batch: list[dict], num_t_samples: int) -> list[float]:
   return list(nats.mean(axis=0)[:len(batch)] / np.log(2))
 
 
-def parses(task: dict, fill: str) -> bool:
+def parses(task: dict, fill: bytes) -> bool:
   data = task["file"]
   try:
-    ast.parse(data[:task["start"]] + fill.encode() + data[task["end"]:])
+    ast.parse(data[:task["start"]] + fill + data[task["end"]:])
     return True
   except (SyntaxError, ValueError):
     return False
+
+
+def scores(task: dict, fill: bytes, encode) -> tuple[float, float, float]:
+  """(parses, exact match, token similarity) of one fill."""
+  original = task["file"][task["start"]:task["end"]]
+  similarity = difflib.SequenceMatcher(
+      None, list(encode(fill)), list(encode(original)), autojunk=False).ratio()
+  return float(parses(task, fill)), float(fill == original), similarity
+
+
+def summary(per_task_seed: np.ndarray) -> dict:
+  """Means of [tasks, seeds, 3] scores, with standard errors over tasks."""
+  per_task = per_task_seed.mean(axis=1)
+  n = len(per_task)
+  se = per_task.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(3)
+  names = ("parse_rate", "exact_match", "similarity")
+  return {**{k: float(m) for k, m in zip(names, per_task.mean(axis=0))},
+          **{f"{k}_se": float(e) for k, e in zip(names, se)}}
 
 
 def main():
@@ -178,37 +195,43 @@ def main():
     all_tasks += tasks(example["text"], seq_len, diffusion.tokenizer.encode, rng)
   rng.shuffle(all_tasks)
   all_tasks = all_tasks[:args.max_tasks]
+  if ar.tokenizer.to_json() != diffusion.tokenizer.to_json():
+    raise SystemExit("error: the two workdirs use different tokenizers")
+  encode = diffusion.tokenizer.encode
+  by_kind = {kind: [t for t in all_tasks if t["kind"] == kind]
+             for kind in ("body", "line")}
   results = []
+
+  def report(fill: str, kind: str, per_task_seed, **extra):
+    results.append({"fill": fill, "task": kind, "tasks": len(per_task_seed),
+                    "seeds": per_task_seed.shape[1],
+                    **summary(per_task_seed), **extra})
+    print(json.dumps(results[-1]), flush=True)
+
+  for kind, batch in by_kind.items():
+    for fill in ("pass", "delete"):
+      if batch:
+        report(fill, kind, np.array([[scores(t, trivial_fill(t, fill), encode)]
+                                     for t in batch]))
   for name, lm, causal, options in (
       ("diffusion", diffusion, False, json.loads(args.sampler)),
       ("ar", ar, True, {})):
     options = dict(options, temperature=args.temperature)
-    bits = span_bits(lm, all_tasks, 16)
-    for kind in ("body", "line"):
-      chosen = [i for i, t in enumerate(all_tasks) if t["kind"] == kind]
-      batch = [all_tasks[i] for i in chosen]
+    bits = dict(zip(map(id, all_tasks), span_bits(lm, all_tasks, 16)))
+    for kind, batch in by_kind.items():
       if not batch:  # E.g. no function body fits in half a row.
-        print(json.dumps({"model": name, "task": kind, "tasks": 0}), flush=True)
         continue
       per_seed = []
       for seed in range(args.seeds):
         filled = []
         for lo in range(0, len(batch), 32):
           filled += fills(lm, batch[lo:lo + 32], causal, seed, options)
-        per_seed.append((
-            float(np.mean([parses(t, f) for t, f in zip(batch, filled)])),
-            float(np.mean([f.encode() == t["file"][t["start"]:t["end"]]
-                           for t, f in zip(batch, filled)]))))
-      parse, exact = zip(*per_seed)
+        per_seed.append([scores(t, lm.tokenizer.decode(f).encode(), encode)
+                         for t, f in zip(batch, filled)])
       span_bytes = sum(t["end"] - t["start"] for t in batch)
-      results.append({
-          "model": name, "task": kind, "tasks": len(batch), "seeds": args.seeds,
-          "parse_rate": statistics.mean(parse),
-          "parse_rate_sd": statistics.pstdev(parse),
-          "exact_match": statistics.mean(exact),
-          "exact_match_sd": statistics.pstdev(exact),
-          "span_bits_per_byte": float(sum(bits[i] for i in chosen) / span_bytes)})
-      print(json.dumps(results[-1]), flush=True)
+      report(name, kind, np.array(per_seed).transpose(1, 0, 2),
+             span_bits_per_byte=float(sum(bits[id(t)] for t in batch)
+                                      / span_bytes))
   if args.output:
     with open(args.output + ".tmp", "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1)

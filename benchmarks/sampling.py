@@ -63,6 +63,8 @@ from diffusion_lm import api, chain_oracle, config_base, errors, models, quality
 from diffusion_lm.data import tokenizers  # pylint: disable=g-import-not-at-top
 from diffusion_lm.diffusion import sampler_options, samplers
 
+import timing as timing_lib  # pylint: disable=g-import-not-at-top,wrong-import-order
+
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "configs", "markov.py")
 BATCH = 64  # Rows sampled at once for quality.
 TOLERANCE_SD = 3.0
@@ -109,22 +111,6 @@ def label(options: dict) -> str:
   return options["sampler"] + (" spaced" if options.get("spacing", 1) > 1 else "")
 
 
-def timed(fn, runs: int) -> float:
-  """Median seconds of `runs` calls after a first (compiling) one."""
-  jax.block_until_ready(fn())
-  seconds = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds)
-
-
-def generated_tokens(init_BxL, result, mask_id) -> int:
-  before_end = np.arange(init_BxL.shape[1]) < np.asarray(result.length_B)[:, None]
-  return int(np.sum((init_BxL == mask_id) & before_end))
-
-
 def network(lm) -> tuple | None:
   """(denoise_fn, params) of lm's network for the replay KL; None when it
   reads the masking rate, which the replay cannot give it."""
@@ -141,10 +127,10 @@ def measure(lm, generate, options: dict, num_samples: int, runs: int,
   mask_id = lm.tokenizer.mask_id
   row = {"options": options}
   for batch in (1, 32) if runs else ():
-    init = lm.prompt_template("", batch)
-    result = generate(init, seed=0, **options)
-    seconds = timed(lambda: generate(init, seed=0, **options), runs)
-    row[f"tokens_per_s_batch{batch}"] = generated_tokens(init, result, mask_id) / seconds
+    timing, _ = timing_lib.tokens_per_second(
+        generate, lm.prompt_template("", batch), options, runs, mask_id)
+    row[f"tokens_per_s_batch{batch}"] = timing["tokens_per_s"]
+    row[f"timed_calls_per_token_batch{batch}"] = timing["timed_calls_per_token"]
   kind = denoiser and quality.replay_kind(
       sampler_options.make_options(lm.config.sample, options))
   init = lm.prompt_template("", min(num_samples, BATCH))
@@ -153,7 +139,7 @@ def measure(lm, generate, options: dict, num_samples: int, runs: int,
     result = generate(init, seed=seed, float64=True, **options)
     texts += lm.texts(result)
     calls += int(np.sum(result.calls_B))
-    tokens += generated_tokens(init, result, mask_id)
+    tokens += timing_lib.generated_tokens(init, result, mask_id)
     if kind:
       log2_q.append(quality.replay_log2_probs(*denoiser, result, mask_id))
   row.update(calls_per_token=calls / tokens, num_samples=len(texts))
@@ -271,9 +257,12 @@ def md4_side_by_side(md4_path: str, fewest_calls_per_token: float,
                            options=options)
 
   md4_s, ours_s = [], []
+  jax.block_until_ready(ours())  # Compiles.
   for _ in range(runs):  # Alternately, so that both see the same machine.
     md4_s.append(md4_peer.sample_step_seconds(md4_path, **shape, repeats=1))
-    ours_s.append(timed(ours, 1) / 32)
+    start = time.perf_counter()
+    jax.block_until_ready(ours())
+    ours_s.append((time.perf_counter() - start) / 32)
   md4_call, ours_call = statistics.median(md4_s), statistics.median(ours_s)
   md4_tokens_per_s = 16 * 256 / (1001 * md4_call)
   # 16 rows of 256 tokens in fewest_calls_per_token x 256 batched calls.

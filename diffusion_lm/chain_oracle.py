@@ -63,7 +63,8 @@ class ChainDenoiser:
     symbols_MxK = chain["state_symbols"]
     doc_N = z_L[:n]
     e_NxA = jnp.where((doc_N == self.mask_id)[:, None], 1.0,
-                      doc_N[:, None] == chain["symbol_ids"]).astype(t_MxM.dtype)
+                      doc_N[:, None] == chain["symbol_ids"][None]
+                      ).astype(t_MxM.dtype)
     # The evidence of each state: its newest symbol's; the first state's, all k.
     e_JxM = e_NxA[k - 1:, symbols_MxK[:, -1]]
     e_JxM = e_JxM.at[0].set(jnp.prod(e_NxA[jnp.arange(k), symbols_MxK], axis=-1))

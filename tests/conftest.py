@@ -1,13 +1,10 @@
 """Shared fixtures: 8 CPU devices, a tiny text corpus, a tiny config and a
 tiny model with random parameters."""
 
-import atexit
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import jax
 
@@ -96,18 +93,10 @@ def config_flags(corpus_glob: str, data_dir: str, **overrides) -> list[str]:
   return flags + [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
-# The commands the tests start share their compiled programs (JAX's
-# persistent cache, for this session only).
-_COMPILED = tempfile.mkdtemp(prefix="diffusion_lm_test_jax_cache_")
-atexit.register(shutil.rmtree, _COMPILED, ignore_errors=True)
-
-
 def run_module(module: str, *args, check: bool = True, **kwargs):
   """Runs `python -m module args` on one CPU device; returns the result."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             JAX_NUMPY_RANK_PROMOTION="raise",
-             JAX_COMPILATION_CACHE_DIR=_COMPILED,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+             JAX_NUMPY_RANK_PROMOTION="raise")
   result = subprocess.run([sys.executable, "-m", module, *args], env=env,
                           capture_output=True, text=True, cwd=REPO, **kwargs)
   if check and result.returncode != 0:

@@ -113,3 +113,30 @@ def test_bad_flags_are_one_line_before_any_sampling(argv, message, monkeypatch,
   with pytest.raises(SystemExit):
     bench.main()
   assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_timing_counts_the_calls_of_its_timed_seeds_only():
+  # Catches: speed timed on one fixed seed (every run seed 0), calls per
+  # token taken from another run than the timed ones, or the compiling run
+  # counted among them.
+  import timing  # pylint: disable=g-import-not-at-top
+  seeds = []
+
+  class Result:
+    def __init__(self, seed):
+      self.calls_B = np.array([seed + 1, seed + 1])
+      self.length_B = np.array([4, 2])  # Row 1 stopped at EOS after 2.
+
+  def generate(init, seed, **options):
+    assert options == {"sampler": "x"}
+    seeds.append(seed)
+    return Result(seed)
+
+  init = np.array([[9, 9, 9, 9], [1, 9, 9, 9]])  # 9 = [MASK].
+  stats, first = timing.tokens_per_second(generate, init, {"sampler": "x"},
+                                          runs=3, mask_id=9)
+  assert seeds == [3, 0, 1, 2]  # The compiling run's seed is not timed.
+  # 4 + 1 generated tokens per run; calls 2, 4, 6 over the timed runs.
+  assert stats["timed_calls_per_token"] == pytest.approx(12 / 15)
+  assert stats["timed_runs"] == 3 and first.calls_B[0] == 1
+  assert stats["tokens_per_s"] > 0
