@@ -58,20 +58,27 @@ def test_a_task_fits_half_a_row_of_tokens():
   assert [t["kind"] for t in found] == ["line", "line"]
 
 
-# Catches: the AR body fill cut at the first line (or never), a line fill
-# running past its newline, EOS text kept in a fill.
-def test_ar_fills_end_where_the_span_ends():
-  body = {"kind": "body", "indent": 4}
-  written = "    y = 1\n\n        z = 2\n    return z\ndef other():\n    pass\n"
-  assert infill.ar_cut(written, body) == "    y = 1\n\n        z = 2\n    return z\n"
-  assert infill.ar_cut("    y = 1<|eos|>junk", body) == "    y = 1"
-  assert infill.ar_cut("    y = 1\n    z = 2\n", {"kind": "line"}) == "    y = 1\n"
+# Catches: a fill that keeps what follows its EOS, a trivial `pass` at the
+# wrong indentation, error bars that ignore the spread over tasks.
+def test_fills_end_at_eos_and_trivial_fills_parse():
+  assert list(infill.fill_tokens(np.array([5, 6, 2, 7]), eos_id=2)) == [5, 6]
+  assert list(infill.fill_tokens(np.array([5, 6]), eos_id=2)) == [5, 6]
+  start = SOURCE.index(BODY_THREE)
+  indent = len(BODY_THREE) - len(BODY_THREE.lstrip())
+  task = {"file": SOURCE, "start": start, "end": start + len(BODY_THREE),
+          "indent": indent}
+  assert infill.parses(task, infill.trivial_fill(task, "pass"))
+  assert not infill.parses(task, infill.trivial_fill(task, "delete"))
+  scores = np.array([[[1.0, 0.0, 0.5]] * 2, [[0.0, 0.0, 0.5]] * 2])
+  summary = infill.summary(scores)  # 2 tasks x 2 seeds.
+  assert summary["parse_rate"] == 0.5
+  assert summary["parse_rate_se"] == 0.5 and summary["similarity_se"] == 0
 
 
 # Catches: the file rebuilt around the wrong offsets.
 def test_parses_rebuilds_the_whole_file():
   start = SOURCE.index(BODY_THREE)
   task = {"file": SOURCE, "start": start, "end": start + len(BODY_THREE)}
-  assert infill.parses(task, "    return 0\n")
-  assert not infill.parses(task, "    return (\n")
-  assert not infill.parses(task, "return 0\n")  # Not indented: no body.
+  assert infill.parses(task, b"    return 0\n")
+  assert not infill.parses(task, b"    return (\n")
+  assert not infill.parses(task, b"return 0\n")  # Not indented: no body.
