@@ -37,7 +37,7 @@ def tokens_per_second(generate, init_BxL, options: dict, runs: int,
     generated = generated_tokens(init_BxL, result, mask_id)
     rates.append(generated / seconds[-1])
     calls, tokens = calls + int(np.sum(result.calls_B)), tokens + generated
-    first = first or result
+    first = result if first is None else first
   return {"tokens_per_s": statistics.median(rates),
           "seconds": statistics.median(seconds),
           "timed_calls_per_token": calls / tokens, "timed_runs": runs}, first

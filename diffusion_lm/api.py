@@ -264,8 +264,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   validation.check(config, **devices)
   mesh = parallel.make_mesh(config.mesh)
   lm = load(workdir, mesh=mesh, data_dir=config.data.data_dir,
-                files=config.data.files,
-                require_checksums=config.train.require_checksums)
+            files=config.data.files,
+            require_checksums=config.train.require_checksums)
   # As plain values: a group (a ConfigDict) never equals a dict, nor a
   # locked or frozen copy of itself.
   given, saved = config.data.to_dict(), lm.config.data.to_dict()
