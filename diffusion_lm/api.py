@@ -6,7 +6,8 @@
   lm.score(["import os\\n"])             # NELBO bound in bits per text
 
 A checkpoint of the autoregressive twin loads as an AutoregressiveLM with the
-same `sample` and `score` (exact); its `infill` is an error. Defaults for
+same `sample` and `score` (exact); its `infill` is an error. A block-diffusion
+checkpoint loads as a DiffusionLM. Defaults for
 every sampling option come from the config's `sample` group.
 
 `evaluate_checkpoint` is --mode=eval: a workdir's newest intact checkpoint on
@@ -147,12 +148,20 @@ class LanguageModel:
 
 
 class DiffusionLM(LanguageModel):
-  """A masked diffusion LM: samples with any sampler, fills gaps."""
+  """A masked diffusion LM: samples with any sampler, fills gaps. A
+  block-diffusion model samples block by block with a cache of the clean
+  blocks' keys and values; after its first gap, fixed text may stand only in
+  blocks that also hold [MASK] (models.BlockDenoiser.for_template)."""
 
   def generate(self, init_BxL, *, seed: int | None = None,
                **options) -> samplers.SampleResult:
+    block_length = sampler_options.make_options(self.config.sample,
+                                                options).block_length
+    network = models.sampling_network(
+        self.graphdef, self.config.model.block_size, init_BxL,
+        self.tokenizer.mask_id, block_length)
     return self.generate_with(
-        models.Denoiser(self.graphdef), self.params, init_BxL, seed=seed,
+        network, self.params, init_BxL, seed=seed,
         reads_mask_rate=self.config.model.time_conditioning, **options)
 
   def generate_with(self, denoise_fn, params, init_BxL, *, reads_mask_rate: bool,

@@ -17,8 +17,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = dict(
       # 'diffusion': the bidirectional denoiser trained with the NELBO;
+      # 'block_diffusion': the row in blocks of block_size, each denoised
+      # given the clean blocks before it (BD3-LM; transformer.block_attention);
       # 'autoregressive': the same transformer, causal, trained on next tokens.
       objective="diffusion",
+      block_size=0,  # block_diffusion: positions per block (divides data.seq_len).
       num_layers=4,
       num_heads=4,
       head_dim=32,
@@ -188,7 +191,18 @@ def _autoregressive(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-VARIANTS = {"tiny": _tiny, "ar": _autoregressive}
+def _block_diffusion(size: int):
+  def variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Block diffusion with blocks of `size`: the same model, data and steps."""
+    c.model.update(objective="block_diffusion", block_size=size,
+                   time_conditioning=False)
+    c.sample.update(block_length=0)  # The model's own blocks.
+    return c
+  return variant
+
+
+VARIANTS = {"tiny": _tiny, "ar": _autoregressive, "bd3": _block_diffusion(8),
+            **{f"bd3_{size}": _block_diffusion(size) for size in (4, 16)}}
 
 
 def variant(c: ml_collections.ConfigDict, names: str) -> ml_collections.ConfigDict:

@@ -50,7 +50,7 @@ def make_eval_step(graphdef, param_shardings, mesh, mask_id: int,
       return autoregressive.sequence_nll(model, batch, mask_id,
                                          model.cfg.batch_slices)[None]
     return objective.eval_nelbo(model, batch, key, mask_id, num_t_samples,
-                                model.cfg.batch_slices)
+                                model.cfg.batch_slices, model.cfg.block_size)
 
   return jax.jit(
       eval_step,

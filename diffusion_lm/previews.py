@@ -38,8 +38,11 @@ class Previews:
           autoregressive.generate, graphdef, bos_id=tokenizer.mask_id,
           eos_id=tokenizer.eos_id, options=options)
     else:  # One denoiser for the whole run: the sampler compiles once.
+      network = models.sampling_network(
+          graphdef, config.model.block_size, self._init_BxL, tokenizer.mask_id,
+          options.block_length)
       self._generate = functools.partial(
-          samplers.sample, models.Denoiser(graphdef),
+          samplers.sample, network,
           mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
           reads_mask_rate=config.model.time_conditioning, options=options,
           schedule=schedules.from_config(config.diffusion))

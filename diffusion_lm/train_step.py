@@ -85,7 +85,8 @@ def state_shardings(abstract_state, param_shardings, optimizer, mesh) -> dict:
 def make_loss(model_cfg, diffusion_config, mask_id: int):
   """loss(model, batch, key) of the run's objective, in nats per scored
   position: the NELBO (with the `diffusion` group's schedule, times and
-  masks), or for the autoregressive twin the next-token loss."""
+  masks; per block for block diffusion), or for the autoregressive twin the
+  next-token loss."""
   slices = model_cfg.batch_slices
   if model_cfg.causal:
     return lambda model, batch, key: autoregressive.train_loss(
@@ -93,7 +94,7 @@ def make_loss(model_cfg, diffusion_config, mask_id: int):
   schedule = schedules.from_config(diffusion_config)
   return lambda model, batch, key: objective.train_loss(
       model, batch, key, schedule, mask_id, slices, diffusion_config.times,
-      diffusion_config.complementary_masks)
+      diffusion_config.complementary_masks, model_cfg.block_size)
 
 
 def value_and_grad_in_parts(loss_fn, params, batch, key, parts: int):

@@ -89,6 +89,7 @@ FIELDS: dict[str, Rule] = {
     "model.local_width": _int(0, "an integer >= 0 (0 = off)"),
     "model.remat": _one_of(models.transformer.REMAT_POLICIES),
     "model.scan_layers": _BOOL,
+    "model.block_size": _int(0, "an integer >= 0 (0 = no blocks)"),
     "data.corpus": _one_of(corpora.CORPORA),
     "data.files": _STR,
     "data.data_dir": _STR,
@@ -211,10 +212,20 @@ def _rule(*fields: str, devices: bool = False):
   return register
 
 
-@_rule("model.time_conditioning")
+@_rule("model.time_conditioning", "model.block_size")
 def _model(config, _):
   return _called(lambda: models.TransformerConfig.from_config(
       config.model, vocab_size=1))
+
+
+@_rule("model.block_size", "data.seq_len", "sample.length")
+def _blocks_fill_rows(config, _):
+  size = config.model.block_size
+  lengths = {"data.seq_len": config.data.seq_len,
+             "sample.length": config.sample.length}
+  return [f"model.block_size={size} must divide {name}={length} (the rows "
+          "are written and scored in whole blocks)"
+          for name, length in lengths.items() if size and length % size]
 
 
 @_rule("diffusion.power", "diffusion.eps")

@@ -27,7 +27,7 @@ WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
 
 # A tiny denoiser; tests replace the fields they are about.
 TINY_MODEL = models.TransformerConfig(
-    vocab_size=11, objective="diffusion", num_layers=2, num_heads=2,
+    vocab_size=11, objective="diffusion", block_size=0, num_layers=2, num_heads=2,
     head_dim=8, embed_dim=16, mlp_dim=32, time_conditioning=False,
     dtype="float32", rope_base=10_000.0, attention_impl="", local_width=0,
     batch_slices=1, remat="none", scan_layers=False)

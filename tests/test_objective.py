@@ -118,7 +118,7 @@ def test_time_form_feeds_the_model_the_masking_rate_not_t():
   key = jax.random.PRNGKey(0)
   nelbo = objective.sequence_nelbo(RateEcho(), batch, t, key, schedule, MASK)
   _, masked = objective.mask_tokens(key, batch["tokens"], batch["weights"],
-                                    schedule.mask_rate(t), MASK)
+                                    schedule.mask_rate(t)[:, None], MASK)
   nll = objective.token_nll(RateEcho()(batch["tokens"], schedule.mask_rate(t)),
                             batch["tokens"])
   expected = schedule.weight(t) * jnp.sum(jnp.where(masked, nll, 0.0))
@@ -202,8 +202,8 @@ def test_complementary_masks_split_the_positions():
   weights = jnp.ones((8, 6)).at[:, 5].set(0.0)  # Position 5 is padding.
   t = jnp.array([0.1, 0.3, 0.5, 0.9])
   _, masked = objective.mask_tokens(jax.random.PRNGKey(2), tokens, weights,
-                                    jnp.concatenate([t, 1.0 - t]), MASK,
-                                    complementary=True)
+                                    jnp.concatenate([t, 1.0 - t])[:, None],
+                                    MASK, complementary=True)
   masked = np.asarray(masked)
   np.testing.assert_array_equal(masked[:4] ^ masked[4:], np.asarray(weights[:4]) > 0)
 
@@ -213,7 +213,7 @@ def test_padding_adds_nothing(model):
   weights = jnp.array([[1, 1, 1, 1, 0, 0, 0]], jnp.float32)
   t = jnp.full((1,), 0.999)
   key = jax.random.PRNGKey(0)
-  z, masked = objective.mask_tokens(key, tokens, weights, t, MASK)
+  z, masked = objective.mask_tokens(key, tokens, weights, t[:, None], MASK)
   assert not np.any(np.asarray(masked)[:, 4:])
   assert np.all(np.asarray(z)[:, 4:] == 0)
 
@@ -230,7 +230,7 @@ def test_packed_row_loss_is_the_sum_of_its_documents_losses(model):
   schedule, t, key = schedules.Linear(), jnp.array([0.6]), jax.random.PRNGKey(4)
   packed = objective.sequence_nelbo(model, batch, t, key, schedule, MASK)
   z, masked = objective.mask_tokens(key, tokens, batch["weights"],
-                                    schedule.mask_rate(t), MASK)
+                                    schedule.mask_rate(t)[:, None], MASK)
   one_by_one = 0.0
   for lo, hi in [(0, 3), (3, 7)]:
     nll = objective.token_nll(model(z[:, lo:hi]), tokens[:, lo:hi])

@@ -699,7 +699,7 @@ def test_one_dispatch_and_no_host_round_trips(sampler):
   key, init = jax.random.PRNGKey(0), jnp.asarray(INIT)
   opts = options(sampler)
   lowered = samplers._sample.lower(  # pylint: disable=protected-access
-      Oracle(), table, key, init, mask_id=MASK, eos_id=None,
+      samplers.RowDenoiser(Oracle()), table, key, init, mask_id=MASK, eos_id=None,
       reads_mask_rate=False, options=opts, schedule=schedules.Linear())
   assert "callback" not in lowered.as_text()
   with jax.transfer_guard("disallow"):  # No implicit host <-> device copies.

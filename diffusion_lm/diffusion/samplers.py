@@ -13,8 +13,11 @@ so every sampler gets it:
 * Prompts and infill templates: positions that are not [MASK] at the start
   never change (SUBS: unmasked tokens are copied), remasking included.
 * Blocks (`block_length` > 0, semi-autoregressive as in LLaDA and BD3-LM): the
-  rule only sees the leftmost unfinished block; positions right of it stay
-  [MASK] (the network still sees the whole sequence). `steps` is spread over a
+  rule only sees the leftmost unfinished block (the loop keeps its window's
+  logits); positions right of it stay [MASK]. A denoise_fn still reads the
+  whole sequence; a block-diffusion model's cached decoder (a `Network`,
+  models.BlockDenoiser) reads only the block and the cache, in its own
+  blocks. `steps` is spread over a
   row's blocks that hold a [MASK] at the start, as evenly as integers allow
   (block j of n gets floor(steps (j+1) / n) - floor(steps j / n) steps), each
   getting at least one.
@@ -32,8 +35,9 @@ The rules and their clocks are in sampling_rules.py, the options each
 sampler reads in sampler_options.py.
 """
 
+import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -106,11 +110,55 @@ def _draw_committed(key, logits_BxLxV, commit_BxL, options: SamplerOptions):
   return tokens_N.reshape(b, l)
 
 
+class Network:
+  """What the loop calls: `window(length, block_length)`, the W positions a
+  call returns logits for; `init`, its state before the first call (a cache,
+  or nothing); and (params, state, z_BxL, rate_B, start_B, need_B, W) ->
+  (logits [B, W, V] of each row's positions start_B .. start_B + W - 1, new
+  state), where only the rows of need_B use the logits.
+  Hashable: a static argument of the jitted loop."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RowDenoiser(Network):
+  """A network that reads the whole row at every call: a denoise_fn(params,
+  z_BxL, mask_rate_B) -> logits_BxLxV, of which the loop keeps the window
+  of each row's current block. It keeps no state between calls."""
+
+  denoise_fn: Callable
+
+  def window(self, length: int, block_length: int) -> int:
+    return block_length if 0 < block_length < length else length
+
+  def init(self, params, init_BxL, width: int):
+    del params, init_BxL, width
+    return ()
+
+  def __call__(self, params, state, z_BxL, rate_B, start_B, need_B,
+               width: int):
+    del need_B
+    logits_BxLxV = self.denoise_fn(params, z_BxL, rate_B)
+    if width == z_BxL.shape[1]:
+      return logits_BxLxV, state
+    return _window(logits_BxLxV, start_B, width), state
+
+
+def _window(x_BxL, start_B, width: int):
+  """Each row's `width` entries from start_B (positions past the end: the
+  last one's)."""
+  positions_BxW = jnp.minimum(start_B[:, None] + jnp.arange(width)[None],
+                              x_BxL.shape[1] - 1)
+  return jnp.take_along_axis(
+      x_BxL, positions_BxW.reshape(positions_BxW.shape + (1,) * (x_BxL.ndim - 2)),
+      axis=1)
+
+
 class _Carry(NamedTuple):
   it: jax.Array  # Loop iteration.
   z_BxL: jax.Array
-  logits_BxLxV: jax.Array
-  fresh_B: jax.Array  # logits_BxLxV were computed from z_BxL.
+  logits_BxWxV: jax.Array  # Of the current block's window.
+  state: tuple  # The network's (a cache of keys and values, or nothing).
+  fresh_B: jax.Array  # logits_BxWxV were computed from z_BxL.
   calls_B: jax.Array
   block_B: jax.Array  # The current block; num_blocks once the row is done.
   step_B: jax.Array  # Steps taken in the current block.
@@ -120,16 +168,17 @@ class _Carry(NamedTuple):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("denoise_fn", "mask_id", "eos_id", "reads_mask_rate",
+    jax.jit, static_argnames=("network", "mask_id", "eos_id", "reads_mask_rate",
                               "options", "schedule"))
-def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
+def _sample(network, params, key, init_BxL, *, mask_id, eos_id,
             reads_mask_rate, options, schedule):
   sampler = sampling_rules.SAMPLERS[options.sampler]
   b, l = init_BxL.shape
-  block_length = options.block_length if 0 < options.block_length < l else l
-  num_blocks = -(-l // block_length)
+  width = network.window(l, options.block_length)
+  num_blocks = -(-l // width)
   pos_L = jnp.arange(l, dtype=jnp.int32)
-  block_L = pos_L // block_length
+  block_L = pos_L // width
+  rows_Bx1 = jnp.arange(b)[:, None]
   fixed_BxL = init_BxL != mask_id
   max_rate = sampling_rules.max_rate(schedule)
 
@@ -146,8 +195,10 @@ def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
     first_B = block_L[jnp.argmax(masked_BxL, axis=-1)]
     return jnp.where(jnp.any(masked_BxL, axis=-1), first_B, num_blocks)
 
-  def call(z_BxL, rate_B):
-    return denoise_fn(params, z_BxL, rate_B.astype(jnp.float32)).astype(jnp.float32)
+  def call(state, z_BxL, rate_B, start_B, need_B):
+    logits, state = network(params, state, z_BxL, rate_B.astype(jnp.float32),
+                            start_B, need_B, width)
+    return logits.astype(jnp.float32), state
 
   def stop_at_eos(c: _Carry, z_BxL, block_B, commit_step_BxL):
     """Done rows whose first generated EOS has no [MASK] before it."""
@@ -165,33 +216,45 @@ def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
   def body(c: _Carry):
     draw_key, rule_key, clock_key = jax.random.split(jax.random.fold_in(key, c.it), 3)
     active_B = c.block_B < num_blocks
-    in_block_BxL = block_L[None] == c.block_B[:, None]
-    candidates_BxL = (c.z_BxL == mask_id) & in_block_BxL
+    # The current block's window; positions past the row's end, and all of a
+    # done row's, are left alone.
+    start_B = jnp.minimum(c.block_B, num_blocks - 1) * width
+    window_BxW = start_B[:, None] + jnp.arange(width)[None]
+    inside_BxW = (window_BxW < l) & active_B[:, None]
+    scatter_BxW = jnp.where(inside_BxW, window_BxW, l)
+    z_BxW = _window(c.z_BxL, start_B, width)
+    candidates_BxW = (z_BxW == mask_id) & inside_BxW
     rate_B = c.rate_B
     if sampler.clock is not None:
       rate_B = jnp.where(active_B, sampler.clock(
-          clock_key, rate_B, jnp.sum(candidates_BxL, axis=-1)), rate_B)
+          clock_key, rate_B, jnp.sum(candidates_BxW, axis=-1)), rate_B)
 
-    need_B = jnp.any(candidates_BxL, axis=-1) & (~c.fresh_B | reads_mask_rate)
-    logits_BxLxV = jax.lax.cond(
-        jnp.any(need_B),
-        lambda: jnp.where(need_B[:, None, None], call(c.z_BxL, rate_B),
-                          c.logits_BxLxV),
-        lambda: c.logits_BxLxV)
+    need_B = jnp.any(candidates_BxW, axis=-1) & (~c.fresh_B | reads_mask_rate)
+
+    def called():
+      logits, state = call(c.state, c.z_BxL, rate_B, start_B, need_B)
+      return jnp.where(need_B[:, None, None], logits, c.logits_BxWxV), state
+
+    logits_BxWxV, state = jax.lax.cond(jnp.any(need_B), called,
+                                       lambda: (c.logits_BxWxV, c.state))
     steps_B = jnp.take_along_axis(
         budget_BxN, jnp.minimum(c.block_B, num_blocks - 1)[:, None], axis=-1)[:, 0]
     move = sampler.rule(sampling_rules.Step(
-        rule_key, logits_BxLxV, candidates_BxL,
-        ~fixed_BxL & in_block_BxL, c.step_B, steps_B, rate_B, options, schedule))
-    tokens_BxL = _draw_committed(draw_key, logits_BxLxV, move.commit_BxL, options)
+        rule_key, logits_BxWxV, candidates_BxW,
+        ~_window(fixed_BxL, start_B, width) & inside_BxW, c.step_B, steps_B,
+        rate_B, options, schedule))
+    tokens_BxW = _draw_committed(draw_key, logits_BxWxV, move.commit_BxW, options)
 
-    z_BxL = jnp.where(move.commit_BxL, tokens_BxL, c.z_BxL)
-    if move.reopen_BxL is not None:
-      z_BxL = jnp.where(move.reopen_BxL, mask_id, z_BxL)
-    commit_step_BxL = jnp.where(move.commit_BxL, c.it, c.commit_step_BxL)
+    new_BxW = jnp.where(move.commit_BxW, tokens_BxW, z_BxW)
+    if move.reopen_BxW is not None:
+      new_BxW = jnp.where(move.reopen_BxW, mask_id, new_BxW)
+    z_BxL = c.z_BxL.at[rows_Bx1, scatter_BxW].set(new_BxW, mode="drop")
+    commit_step_BxL = c.commit_step_BxL.at[rows_Bx1, scatter_BxW].set(
+        jnp.where(move.commit_BxW, c.it,
+                  _window(c.commit_step_BxL, start_B, width)), mode="drop")
     step_B = c.step_B + active_B
     rate_B = jnp.where(active_B, move.rate_B, rate_B)
-    finished_B = active_B & ~jnp.any((z_BxL == mask_id) & in_block_BxL, axis=-1)
+    finished_B = active_B & ~jnp.any((new_BxW == mask_id) & inside_BxW, axis=-1)
     if sampler.remasks:
       finished_B &= step_B >= steps_B
     block_B = jnp.where(finished_B, first_masked_block(z_BxL), c.block_B)
@@ -203,18 +266,21 @@ def _sample(denoise_fn, params, key, init_BxL, *, mask_id, eos_id,
           c, z_BxL, block_B, commit_step_BxL)
 
     fresh_B = (c.fresh_B | need_B) & jnp.all(z_BxL == c.z_BxL, axis=-1)
-    new = _Carry(c.it + 1, z_BxL, logits_BxLxV, fresh_B, c.calls_B + need_B,
-                 block_B, step_B, rate_B, commit_step_BxL, length_B)
+    new = _Carry(c.it + 1, z_BxL, logits_BxWxV, state, fresh_B,
+                 c.calls_B + need_B, block_B, step_B, rate_B, commit_step_BxL,
+                 length_B)
     return jax.tree.map(lambda x, old: x.astype(old.dtype), new, c)
 
   rate_B = jnp.full((b,), max_rate, jnp.float32)
-  logits = jax.eval_shape(call, init_BxL, rate_B)
+  block_B = first_masked_block(init_BxL).astype(jnp.int32)
+  state = network.init(params, init_BxL, width)
+  logits = jax.eval_shape(call, state, init_BxL, rate_B, block_B,
+                          block_B < num_blocks)[0]
   init = _Carry(
       it=jnp.int32(0), z_BxL=init_BxL,
-      logits_BxLxV=jnp.zeros(logits.shape, jnp.float32),
+      logits_BxWxV=jnp.zeros(logits.shape, jnp.float32), state=state,
       fresh_B=jnp.zeros((b,), bool), calls_B=jnp.zeros((b,), jnp.int32),
-      block_B=first_masked_block(init_BxL).astype(jnp.int32),
-      step_B=jnp.zeros((b,), jnp.int32), rate_B=rate_B,
+      block_B=block_B, step_B=jnp.zeros((b,), jnp.int32), rate_B=rate_B,
       commit_step_BxL=jnp.full((b, l), -1, jnp.int32),
       length_B=jnp.full((b,), l, jnp.int32))
   # Rows need at most max(steps, blocks) iterations, or L with one commit or
@@ -234,7 +300,8 @@ def sample(denoise_fn, params, key, init_BxL, *, mask_id: int, eos_id: int | Non
   Args:
     denoise_fn: hashable (a static argument of the jitted loop)
       (params, z_BxL, mask_rate_B) -> float logits_BxLxV over the V = mask_id
-      tokens (never [MASK]).
+      tokens (never [MASK]); or a network with RowDenoiser's interface (a
+      block-diffusion model's cached decoder, models.BlockDenoiser).
     params: any pytree of arrays, passed to denoise_fn unchanged.
     key: PRNG key.
     init_BxL: token ids; [MASK] (mask_id) where to generate.
@@ -252,8 +319,10 @@ def sample(denoise_fn, params, key, init_BxL, *, mask_id: int, eos_id: int | Non
   sampler_options.check(options)
   if options.stop_at_eos and eos_id is None:
     raise errors.UserError("sample.stop_at_eos needs a tokenizer with an EOS token")
+  network = (denoise_fn if isinstance(denoise_fn, Network)
+             else RowDenoiser(denoise_fn))
   with jax.enable_x64(options.float64):
-    return _sample(denoise_fn, params, key, jnp.asarray(init_BxL, jnp.int32),
+    return _sample(network, params, key, jnp.asarray(init_BxL, jnp.int32),
                    mask_id=mask_id,
                    eos_id=eos_id if options.stop_at_eos else None,
                    reads_mask_rate=reads_mask_rate, options=options,

@@ -38,12 +38,14 @@ from diffusion_lm.diffusion.sampler_options import SamplerOptions
 
 
 class Step(NamedTuple):
-  """What a rule sees at one step (per row where suffixed _B)."""
+  """What a rule sees at one step: per row (_B), and per position of the row's
+  current block (_BxW: the window of W positions the loop keeps; the whole
+  row when sampling without blocks)."""
 
   key: jax.Array
-  logits_BxLxV: jax.Array
-  candidates_BxL: jax.Array  # Masked positions of the current block.
-  generated_BxL: jax.Array  # Positions of the current block not fixed at start.
+  logits_BxWxV: jax.Array
+  candidates_BxW: jax.Array  # Masked positions of the current block.
+  generated_BxW: jax.Array  # Positions of the current block not fixed at start.
   step_B: jax.Array  # Steps taken in the current block.
   steps_B: jax.Array  # The current block's step budget.
   rate_B: jax.Array  # Masking rate of the current state (the network's input).
@@ -52,23 +54,23 @@ class Step(NamedTuple):
 
 
 class Move(NamedTuple):
-  commit_BxL: jax.Array  # Candidates to commit (the loop draws their tokens).
+  commit_BxW: jax.Array  # Candidates to commit (the loop draws their tokens).
   rate_B: jax.Array  # Masking rate of the next state.
-  reopen_BxL: jax.Array | None = None  # Generated tokens set back to [MASK].
+  reopen_BxW: jax.Array | None = None  # Generated tokens set back to [MASK].
 
 
 def _top_prob(step: Step):
   """p1, the probability of the most likely token (the confidence)."""
-  return jnp.max(jax.nn.softmax(step.logits_BxLxV, axis=-1), axis=-1)
+  return jnp.max(jax.nn.softmax(step.logits_BxWxV, axis=-1), axis=-1)
 
 
 def _margin(step: Step):
-  top2 = jax.lax.top_k(jax.nn.softmax(step.logits_BxLxV, axis=-1), 2)[0]
+  top2 = jax.lax.top_k(jax.nn.softmax(step.logits_BxWxV, axis=-1), 2)[0]
   return top2[..., 0] - top2[..., 1]
 
 
 def _entropy(step: Step):
-  probs = jax.nn.softmax(step.logits_BxLxV, axis=-1)
+  probs = jax.nn.softmax(step.logits_BxWxV, axis=-1)
   return jnp.sum(jax.scipy.special.entr(probs), axis=-1)
 
 
@@ -80,35 +82,35 @@ ORDERS = {
 }
 
 
-def _commit_top(score_BxL, candidates_BxL, count_B):
+def _commit_top(score_BxW, candidates_BxW, count_B):
   """The count_B highest-scoring candidates of each row."""
-  score_BxL = jnp.where(candidates_BxL, score_BxL, -jnp.inf)
-  rank_BxL = jnp.argsort(jnp.argsort(-score_BxL, axis=-1), axis=-1)
-  return candidates_BxL & (rank_BxL < count_B[:, None])
+  score_BxW = jnp.where(candidates_BxW, score_BxW, -jnp.inf)
+  rank_BxW = jnp.argsort(jnp.argsort(-score_BxW, axis=-1), axis=-1)
+  return candidates_BxW & (rank_BxW < count_B[:, None])
 
 
-def _sorted_candidates(score_BxL, candidates_BxL):
+def _sorted_candidates(score_BxW, candidates_BxW):
   """Candidates' scores in descending order, then -inf."""
-  return -jnp.sort(-jnp.where(candidates_BxL, score_BxL, -jnp.inf), axis=-1)
+  return -jnp.sort(-jnp.where(candidates_BxW, score_BxW, -jnp.inf), axis=-1)
 
 
-def _spaced(score_BxL, candidates_BxL, spacing: int):
+def _spaced(score_BxW, candidates_BxW, spacing: int):
   """The candidates taken in descending score, each skipped when it is
   closer than `spacing` to one taken before it (all of them at spacing 1)."""
   if spacing <= 1:
-    return candidates_BxL
-  pos_1xL = jnp.arange(score_BxL.shape[-1])[None]
-  order_BxL = jnp.argsort(jnp.where(candidates_BxL, -score_BxL, jnp.inf), axis=-1)
+    return candidates_BxW
+  pos_1xW = jnp.arange(score_BxW.shape[-1])[None]
+  order_BxW = jnp.argsort(jnp.where(candidates_BxW, -score_BxW, jnp.inf), axis=-1)
 
-  def take(k, taken_BxL):
-    pos_Bx1 = jax.lax.dynamic_slice_in_dim(order_BxL, k, 1, axis=-1)
-    near_BxL = jnp.abs(pos_1xL - pos_Bx1) < spacing
-    free_Bx1 = ~jnp.any(taken_BxL & near_BxL, axis=-1, keepdims=True)
-    return taken_BxL | ((pos_1xL == pos_Bx1) & free_Bx1 & candidates_BxL)
+  def take(k, taken_BxW):
+    pos_Bx1 = jax.lax.dynamic_slice_in_dim(order_BxW, k, 1, axis=-1)
+    near_BxW = jnp.abs(pos_1xW - pos_Bx1) < spacing
+    free_Bx1 = ~jnp.any(taken_BxW & near_BxW, axis=-1, keepdims=True)
+    return taken_BxW | ((pos_1xW == pos_Bx1) & free_Bx1 & candidates_BxW)
 
-  # Candidates sort first in order_BxL: stop after the most any row has.
-  most = jnp.max(jnp.sum(candidates_BxL, axis=-1))
-  return jax.lax.fori_loop(0, most, take, jnp.zeros_like(candidates_BxL))
+  # Candidates sort first in order_BxW: stop after the most any row has.
+  most = jnp.max(jnp.sum(candidates_BxW, axis=-1))
+  return jax.lax.fori_loop(0, most, take, jnp.zeros_like(candidates_BxW))
 
 
 def max_rate(schedule: schedules.Schedule):
@@ -116,10 +118,10 @@ def max_rate(schedule: schedules.Schedule):
   return schedule.mask_rate(jnp.float32(1.0))
 
 
-def _fraction_rate(step: Step, commit_BxL):
+def _fraction_rate(step: Step, commit_BxW):
   """The maximum rate times the fraction of the block still masked."""
-  left_B = jnp.sum(step.candidates_BxL & ~commit_BxL, axis=-1)
-  total_B = jnp.maximum(jnp.sum(step.generated_BxL, axis=-1), 1)
+  left_B = jnp.sum(step.candidates_BxW & ~commit_BxW, axis=-1)
+  total_B = jnp.maximum(jnp.sum(step.generated_BxW, axis=-1), 1)
   return max_rate(step.schedule) * left_B / total_B
 
 
@@ -142,11 +144,11 @@ def _reverse_step(step: Step, rate_s_B, sigma_B):
   """
   rate_t_B = step.rate_B  # 1 - alpha_t; rate_s_B = 1 - alpha_s.
   a_B = (rate_t_B - rate_s_B + sigma_B * (1.0 - rate_t_B)) / rate_t_B  # a above.
-  u_BxL = jax.random.uniform(step.key, step.candidates_BxL.shape)
-  commit_BxL = step.candidates_BxL & (u_BxL < a_B[:, None])
-  reopen_BxL = (step.generated_BxL & ~step.candidates_BxL
-                & (u_BxL < jnp.broadcast_to(sigma_B, a_B.shape)[:, None]))
-  return Move(commit_BxL, rate_s_B, reopen_BxL)
+  u_BxW = jax.random.uniform(step.key, step.candidates_BxW.shape)
+  commit_BxW = step.candidates_BxW & (u_BxW < a_B[:, None])
+  reopen_BxW = (step.generated_BxW & ~step.candidates_BxW
+                & (u_BxW < jnp.broadcast_to(sigma_B, a_B.shape)[:, None]))
+  return Move(commit_BxW, rate_s_B, reopen_BxW)
 
 
 def _ancestral(step: Step):
@@ -228,53 +230,53 @@ def _first_hitting_clock(key, rate_B, masked_B):
 
 def _first_hitting(step: Step):
   """Reveals one masked position, picked uniformly, at the clock's time."""
-  pick_BxL = jax.random.uniform(step.key, step.candidates_BxL.shape)
+  pick_BxW = jax.random.uniform(step.key, step.candidates_BxW.shape)
   one_B = jnp.ones_like(step.step_B)
-  return Move(_commit_top(pick_BxL, step.candidates_BxL, one_B), step.rate_B)
+  return Move(_commit_top(pick_BxW, step.candidates_BxW, one_B), step.rate_B)
 
 
 def _confidence(step: Step):
   options = step.options
-  score_BxL = ORDERS[options.order](step)
+  score_BxW = ORDERS[options.order](step)
   if options.order_temperature > 0:  # Gumbel top-k: k draws without replacement.
     dtype = jnp.float64 if options.float64 else jnp.float32
-    gumbel_BxL = jax.random.gumbel(step.key, score_BxL.shape, dtype)
-    score_BxL = score_BxL / options.order_temperature + gumbel_BxL
-  n_B = jnp.sum(step.generated_BxL, axis=-1)
+    gumbel_BxW = jax.random.gumbel(step.key, score_BxW.shape, dtype)
+    score_BxW = score_BxW / options.order_temperature + gumbel_BxW
+  n_B = jnp.sum(step.generated_BxW, axis=-1)
   k_B = (n_B * (step.step_B + 1)) // step.steps_B - (n_B * step.step_B) // step.steps_B
-  commit_BxL = _commit_top(score_BxL, step.candidates_BxL, k_B)
-  return Move(commit_BxL, _fraction_rate(step, commit_BxL))
+  commit_BxW = _commit_top(score_BxW, step.candidates_BxW, k_B)
+  return Move(commit_BxW, _fraction_rate(step, commit_BxW))
 
 
 def _threshold(step: Step):
-  confidence_BxL = _top_prob(step)
-  eligible_BxL = _spaced(confidence_BxL, step.candidates_BxL, step.options.spacing)
-  above_B = jnp.sum(eligible_BxL & (confidence_BxL >= step.options.threshold),
+  confidence_BxW = _top_prob(step)
+  eligible_BxW = _spaced(confidence_BxW, step.candidates_BxW, step.options.spacing)
+  above_B = jnp.sum(eligible_BxW & (confidence_BxW >= step.options.threshold),
                     axis=-1)
-  commit_BxL = _commit_top(confidence_BxL, eligible_BxL, jnp.maximum(above_B, 1))
-  return Move(commit_BxL, _fraction_rate(step, commit_BxL))
+  commit_BxW = _commit_top(confidence_BxW, eligible_BxW, jnp.maximum(above_B, 1))
+  return Move(commit_BxW, _fraction_rate(step, commit_BxW))
 
 
 def _factor(step: Step):
-  confidence_BxL = _top_prob(step)
-  eligible_BxL = _spaced(confidence_BxL, step.candidates_BxL, step.options.spacing)
-  c_BxL = _sorted_candidates(confidence_BxL, eligible_BxL)  # c_(n).
-  n_1xL = jnp.arange(1, c_BxL.shape[-1] + 1)[None]
-  fits_B = jnp.sum((n_1xL + 1) * (1.0 - c_BxL) < step.options.factor, axis=-1)
-  commit_BxL = _commit_top(confidence_BxL, eligible_BxL, jnp.maximum(fits_B, 1))
-  return Move(commit_BxL, _fraction_rate(step, commit_BxL))
+  confidence_BxW = _top_prob(step)
+  eligible_BxW = _spaced(confidence_BxW, step.candidates_BxW, step.options.spacing)
+  c_BxW = _sorted_candidates(confidence_BxW, eligible_BxW)  # c_(n).
+  n_1xW = jnp.arange(1, c_BxW.shape[-1] + 1)[None]
+  fits_B = jnp.sum((n_1xW + 1) * (1.0 - c_BxW) < step.options.factor, axis=-1)
+  commit_BxW = _commit_top(confidence_BxW, eligible_BxW, jnp.maximum(fits_B, 1))
+  return Move(commit_BxW, _fraction_rate(step, commit_BxW))
 
 
 def _entropy_bounded(step: Step):
-  entropy_BxL = _entropy(step)
-  eligible_BxL = _spaced(-entropy_BxL, step.candidates_BxL, step.options.spacing)
-  h_BxL = -_sorted_candidates(-entropy_BxL, eligible_BxL)  # Ascending.
+  entropy_BxW = _entropy(step)
+  eligible_BxW = _spaced(-entropy_BxW, step.candidates_BxW, step.options.spacing)
+  h_BxW = -_sorted_candidates(-entropy_BxW, eligible_BxW)  # Ascending.
   # sum_U H - max_U H of each prefix U: the entropies before its last one.
-  before_BxL = jnp.cumsum(h_BxL, axis=-1) - h_BxL
-  before_BxL = jnp.where(jnp.isfinite(h_BxL), before_BxL, jnp.inf)
-  fits_B = jnp.sum(before_BxL <= step.options.gamma, axis=-1)  # >= 1.
-  commit_BxL = _commit_top(-entropy_BxL, eligible_BxL, fits_B)
-  return Move(commit_BxL, _fraction_rate(step, commit_BxL))
+  before_BxW = jnp.cumsum(h_BxW, axis=-1) - h_BxW
+  before_BxW = jnp.where(jnp.isfinite(h_BxW), before_BxW, jnp.inf)
+  fits_B = jnp.sum(before_BxW <= step.options.gamma, axis=-1)  # >= 1.
+  commit_BxW = _commit_top(-entropy_BxW, eligible_BxW, fits_B)
+  return Move(commit_BxW, _fraction_rate(step, commit_BxW))
 
 
 class Sampler(NamedTuple):

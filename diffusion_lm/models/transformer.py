@@ -1,7 +1,9 @@
 """The network: a pre-norm transformer in Flax NNX (RoPE, RMSNorm, gated MLP).
 
 Bidirectional for diffusion (the denoiser); causal, with a KV-cache decoder,
-for the autoregressive twin (`model.objective='autoregressive'`). Every
+for the autoregressive twin (`model.objective='autoregressive'`); for block
+diffusion (`'block_diffusion'`, BD3-LM), two streams side by side with a
+cached block-by-block decoder (see `block_attention`). Every
 parameter carries `logical_axes` metadata (names such as 'embed', 'mlp'), which
 `parallel.py` maps to mesh axes with the rules in `config.mesh.rules`.
 Parameters are kept in float32; matmuls run in `dtype`; logits are float32.
@@ -36,7 +38,9 @@ class TransformerConfig:
   """The model's shape and numerics: `config.model` plus the vocabulary."""
 
   vocab_size: int  # predicted ids; the input also takes [MASK] = vocab_size
-  objective: str  # 'diffusion' (bidirectional) | 'autoregressive' (causal)
+  # 'diffusion' (bidirectional) | 'block_diffusion' | 'autoregressive' (causal)
+  objective: str
+  block_size: int  # block_diffusion: positions per block; 0 otherwise.
   num_layers: int
   num_heads: int
   head_dim: int
@@ -67,10 +71,16 @@ class TransformerConfig:
     if model_config.remat not in REMAT_POLICIES:
       raise errors.UserError(f"model.remat={model_config.remat!r} is not one "
                              f"of {list(REMAT_POLICIES)}")
-    if model_config.objective == "autoregressive" and model_config.time_conditioning:
-      raise errors.UserError("model.time_conditioning=True needs "
-                             "model.objective='diffusion' (no masking rate in "
-                             "next-token prediction)")
+    if model_config.objective != "diffusion" and model_config.time_conditioning:
+      raise errors.UserError(
+          "model.time_conditioning=True needs model.objective='diffusion' (no "
+          "masking rate in next-token prediction; a block-diffusion row has "
+          "one per block)")
+    blocks = model_config.objective == "block_diffusion"
+    if blocks != (model_config.block_size > 0):
+      raise errors.UserError(
+          f"model.block_size={model_config.block_size!r}: block_diffusion needs "
+          "a block size >= 1, and the other objectives read none (0)")
     return cls(vocab_size=vocab_size, **{k: model_config[k] for k in fields})
 
   @property
@@ -78,7 +88,7 @@ class TransformerConfig:
     return self.objective == "autoregressive"
 
 
-OBJECTIVES = ("diffusion", "autoregressive")
+OBJECTIVES = ("diffusion", "block_diffusion", "autoregressive")
 
 # model.remat -> what a block keeps for the backward pass (None: everything;
 # jax.checkpoint policies otherwise). 'dots' keeps the outputs of the weight
@@ -130,9 +140,12 @@ def rope_tables(seq_len: int, head_dim: int, base: float):
 
 
 def apply_rope(x_BxLxHxK, cos_LxK2, sin_LxK2):
-  """Rotates the two halves of every head's features by position."""
+  """Rotates the two halves of every head's features by position (tables
+  [L, K/2], or [B, L, K/2] for positions that differ by row)."""
   x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  cos, sin = cos_LxK2[None, :, None, :], sin_LxK2[None, :, None, :]
+  if cos_LxK2.ndim == 2:
+    cos_LxK2, sin_LxK2 = cos_LxK2[None], sin_LxK2[None]
+  cos, sin = cos_LxK2[:, :, None, :], sin_LxK2[:, :, None, :]
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x_BxLxHxK.dtype)
 
@@ -165,9 +178,10 @@ class Attention(nnx.Module):
                start=0):
     """Attention of T positions; returns (output, their keys and values).
 
-    With a `cache` (keys and values [B, S, H, K] of S positions), the T new
-    ones are written at positions start .. start + T - 1 and attend to the
-    whole cache under mask_Bx1xTxS; the updated cache is returned.
+    With a `cache` (keys and values [B, S, H, K] of S slots), the T new ones
+    are written at slots start .. start + T - 1 (or, for `start` [B, T], at
+    each row's own slots) and attend to the whole cache under mask_Bx1xTxS;
+    the updated cache is returned.
     """
     b, t, _ = x_BxTxD.shape
     # Three matmuls (dense): heads lead each [D, H, K] kernel, so the heads
@@ -180,9 +194,13 @@ class Attention(nnx.Module):
     # a scale inside the attention costs XLA a full pass over [B, H, L, L].
     scale = self.cfg.head_dim**-0.5
     q, k = apply_rope(q, cos * scale, sin * scale), apply_rope(k, cos, sin)
-    if cache is not None:
+    if cache is not None and jnp.ndim(start) == 0:
       k, v = (jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), start,
                                                   axis=1)
+              for c, new in zip(cache, (k, v)))
+    elif cache is not None:
+      rows_Bx1 = jnp.arange(b)[:, None]
+      k, v = (c.at[rows_Bx1, start].set(new.astype(c.dtype))
               for c, new in zip(cache, (k, v)))
     y_BxTxHxK = jax.nn.dot_product_attention(
         q, k, v, mask=mask_Bx1xTxS, scale=1.0,
@@ -270,8 +288,19 @@ class LocalMixing(nnx.Module):
     self.kernel = _param(rngs, (len(self.offsets), d, d), (None, None, "embed"),
                          d**-0.5)
 
-  def __call__(self, e_BxLxD, segment_ids_BxL=None):
+  def __call__(self, e_BxLxD, segment_ids_BxL=None, blocks=None):
+    """blocks, for block diffusion: (earlier_BxLxD, positions_BxL, size). A
+    neighbour in the position's own block is read from e, one in an earlier
+    block from `earlier` (the clean row), one in a later block not at all."""
     shifted = [shift(e_BxLxD, o, segment_ids_BxL) for o in self.offsets]
+    if blocks is not None:
+      earlier_BxLxD, positions_BxL, size = blocks
+      own_BxL = positions_BxL // size
+      shifted = [
+          jnp.where((own_BxL == (positions_BxL + o) // size)[..., None], s,
+                    jnp.where((own_BxL > (positions_BxL + o) // size)[..., None],
+                              shift(earlier_BxLxD, o, segment_ids_BxL), 0.0))
+          for o, s in zip(self.offsets, shifted)]
     kernel = self.kernel[...]
     x = jnp.concatenate(shifted, axis=-1) / EMBED_STDDEV
     return dense(x, kernel.reshape(-1, kernel.shape[-1]), e_BxLxD.dtype)
@@ -306,6 +335,24 @@ def segment_mask(segment_ids_BxL):
   return (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
 
 
+def block_attention(length: int, block_size: int) -> np.ndarray:
+  """[2L, 2L]: who attends to whom in block diffusion's two streams.
+
+  The row is read twice, noisy positions first (z_t, each block masked at its
+  own time), then clean ones (x). A noisy position attends to its own block's
+  noisy positions and to the clean positions of the blocks before it; a
+  clean position attends to the clean positions of its block and the blocks
+  before it. Block b's logits then depend on x only through x_{<b}: one pass
+  gives every block's term of sum_b NELBO(x_b | x_{<b}) (BD3-LM, Arriola et
+  al. 2025, arXiv 2503.09573), and at sampling time the clean stream's keys
+  and values of committed blocks are a cache.
+  """
+  block = np.arange(length) // block_size
+  query, key = block[:, None], block[None, :]
+  return np.block([[query == key, key < query],
+                   [np.zeros((length, length), bool), key <= query]])
+
+
 class Transformer(nnx.Module):
   """tokens [B, L] int -> logits [B, L, vocab_size] float32.
 
@@ -326,8 +373,16 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(cfg.embed_dim)
     self.head = _param(rngs, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), 0.0)
 
-  def __call__(self, tokens_BxL, mask_rate_B=None, segment_ids_BxL=None):
+  def __call__(self, tokens_BxL, mask_rate_B=None, segment_ids_BxL=None,
+               clean_BxL=None):
+    """Logits of every position; a block-diffusion model also reads the
+    clean row beside the noisy one (`clean_BxL`; when sampling, the row
+    itself: its blocks before the current one are committed)."""
     cfg = self.cfg
+    if cfg.block_size:
+      if clean_BxL is None:
+        raise ValueError("a block-diffusion model reads the clean row too")
+      return self._two_streams(tokens_BxL, clean_BxL, segment_ids_BxL)
     x = self._embed(tokens_BxL)
     if self.local is not None:
       x = self.local(x, segment_ids_BxL)
@@ -339,6 +394,24 @@ class Transformer(nnx.Module):
     mask = None if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
     x, _ = self._layers(x, cos, sin, mask)
     return self._logits(x)
+
+  def _two_streams(self, z_BxL, x_BxL, segment_ids_BxL):
+    """Block diffusion's pass over the noisy and the clean row together
+    (block_attention); the logits of the noisy one."""
+    cfg = self.cfg
+    l = z_BxL.shape[1]
+    noisy, clean = self._embed(z_BxL), self._embed(x_BxL)
+    if self.local is not None:
+      blocks = (clean, np.arange(l)[None], cfg.block_size)
+      noisy, clean = (self.local(noisy, segment_ids_BxL, blocks),
+                      self.local(clean, segment_ids_BxL, blocks))
+    cos, sin = (np.concatenate([t, t]) for t in
+                rope_tables(l, cfg.head_dim, cfg.rope_base))
+    mask = block_attention(l, cfg.block_size)[None, None]
+    if segment_ids_BxL is not None:
+      mask = mask & segment_mask(jnp.concatenate([segment_ids_BxL] * 2, axis=1))
+    h, _ = self._layers(jnp.concatenate([noisy, clean], axis=1), cos, sin, mask)
+    return self._logits(h[:, :l])
 
   def _layers(self, x, cos, sin, mask, caches=None, start=0):
     """x through every block (with model.remat and model.scan_layers);
@@ -378,15 +451,69 @@ class Transformer(nnx.Module):
   def init_cache(self, batch: int, length: int) -> dict:
     """Room for `length` positions: their input tokens, and per layer their
     keys and values."""
+    return {"tokens": jnp.zeros((batch, length), jnp.int32),
+            "layers": self._empty_layers(batch, length)}
+
+  def _empty_layers(self, batch: int, slots: int):
+    """Zero keys and values of `slots` positions, per layer."""
     cfg = self.cfg
-    shape = (batch, length, cfg.num_heads, cfg.head_dim)
+    shape = (batch, slots, cfg.num_heads, cfg.head_dim)
     if cfg.scan_layers:  # Stacked like the blocks: [layers, B, S, H, K].
       shape = (cfg.num_layers, *shape)
-      layers = (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-    else:
-      layers = [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-                for _ in self.blocks]
-    return {"tokens": jnp.zeros((batch, length), jnp.int32), "layers": layers}
+      return (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+    return [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+            for _ in self.blocks]
+
+  def init_block_cache(self, batch: int, length: int):
+    """Block diffusion's cache: per layer the keys and values of the clean
+    row's `length` positions, then block_size slots for the noisy block."""
+    return self._empty_layers(batch, length + self.cfg.block_size)
+
+  def block_step(self, z_BxL, layers, start_B, clean_start_B, clean_length: int):
+    """Logits [B, block_size, V] of each row's block at start_B, reading the
+    cached clean keys and values of the positions before it.
+
+    The call first reads `clean_length` positions from clean_start_B as the
+    clean stream (their tokens in z are committed) and writes their keys and
+    values into the cache: the block finished last, or a prompt. Equal to
+    the two-stream pass over (z, z) at the block (block_attention). Returns
+    (logits, cache).
+    """
+    cfg = self.cfg
+    b, l = z_BxL.shape
+    w = cfg.block_size
+    positions_BxT = jnp.concatenate(
+        [clean_start_B[:, None] + jnp.arange(clean_length)[None],
+         start_B[:, None] + jnp.arange(w)[None]], axis=1)
+    x = jnp.concatenate([self._window(z_BxL, clean_start_B, clean_length),
+                         self._window(z_BxL, start_B, w)], axis=1)
+    cos, sin = (jnp.asarray(t)[positions_BxT]
+                for t in rope_tables(l, cfg.head_dim, cfg.rope_base))
+    # Slots: a clean position's own; the noisy block's after the row's.
+    noisy_T = np.arange(clean_length + w) >= clean_length
+    slots_BxT = jnp.where(noisy_T[None], l + np.arange(-clean_length, w)[None],
+                          positions_BxT)
+    query_BxTx1 = (positions_BxT // w)[..., None]
+    key_1x1xL = (np.arange(l) // w)[None, None]
+    to_clean = jnp.where(noisy_T[None, :, None], key_1x1xL < query_BxTx1,
+                         key_1x1xL <= query_BxTx1)
+    to_noisy = jnp.broadcast_to(noisy_T[None, :, None], (b, len(noisy_T), w))
+    mask = jnp.concatenate([to_clean, to_noisy], axis=-1)[:, None]
+    h, layers = self._layers(x, cos, sin, mask, layers, slots_BxT)
+    return self._logits(h[:, clean_length:]), layers
+
+  def _window(self, z_BxL, start_B, length: int):
+    """Input vectors of each row's positions start .. start + length - 1 of
+    z (local mixing as in the two-stream pass: no later block is read)."""
+    k = self.cfg.local_width if self.local is not None else 0
+    positions_BxS = start_B[:, None] + jnp.arange(-k, length + k)[None]
+    inside_BxS = (positions_BxS >= 0) & (positions_BxS < z_BxL.shape[1])
+    tokens_BxS = jnp.take_along_axis(
+        z_BxL, jnp.clip(positions_BxS, 0, z_BxL.shape[1] - 1), axis=1)
+    e = jnp.where(inside_BxS[..., None], self._embed(tokens_BxS), 0.0)
+    if self.local is None:
+      return e
+    return self.local(e, None, (e, positions_BxS, self.cfg.block_size))[:, k:k + length]
 
   def decode(self, tokens_BxT, cache: dict, start):
     """Causal logits of T tokens at positions start .. start + T - 1 (the
