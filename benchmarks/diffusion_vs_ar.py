@@ -2,7 +2,7 @@
 
   python benchmarks/diffusion_vs_ar.py --diffusion_workdir=runs/quickstart \
       --ar_workdir=runs/quickstart_ar --judge_workdir=runs/judge \
-      --output_dir=runs/vs
+      [--block_workdir=runs/quickstart_bd3_4] --output_dir=runs/vs
   python benchmarks/diffusion_vs_ar.py --train_quick=configs/markov.py \
       --output_dir=runs/vs_markov    # trains CONFIG and CONFIG:ar first
 
@@ -12,8 +12,9 @@ results.jsonl, table.md and frontier.png to --output_dir:
 * speed: generated tokens/s (median of --runs timed runs, compilation left
   out), time to the first committed token and to the whole sequence,
   network calls and forward FLOPs per generated token (what the code
-  computes: a diffusion call reads all L positions; an AR step attends over
-  its whole static cache of L positions);
+  computes: a diffusion call reads all L positions; a block-diffusion call
+  reads its block of W against the cache, and once per block the finished
+  block too; an AR step attends over its whole static cache of L positions);
 * quality, of --num_samples samples per setting drawn with float64 noise:
   perplexity per token of the sampled rows under a judge that wrote none of
   them (--judge_workdir: any model with the same tokenizer, e.g. the AR
@@ -25,7 +26,7 @@ results.jsonl, table.md and frontier.png to --output_dir:
   the chain's exact report (diffusion_lm.quality);
 * likelihood: each model's bits per byte on its eval split (the diffusion
   bound, the AR exact value) from its metrics.jsonl;
-* the frontier: per diffusion sampler, the fastest setting (batch 32) whose
+* the frontier: per diffusion model and sampler, the fastest setting (batch 32) whose
   judge perplexity (the AR twin's without a judge) is within 10% of the AR
   samples', and its speed ratio to AR, both from this run.
 """
@@ -62,6 +63,14 @@ def diffusion_sweep(length: int) -> list[dict]:
           + [{"sampler": "entropy_bounded", "gamma": g} for g in (0.1, 1.0, 3.0)])
 
 
+def block_sweep(length: int) -> list[dict]:
+  """Block diffusion's settings: the samplers within its blocks."""
+  return ([{"sampler": "ancestral", "steps": length // 4},
+           {"sampler": "first_hitting"}]
+          + [{"sampler": "threshold", "threshold": t} for t in (0.9, 0.7, 0.5)]
+          + [{"sampler": "entropy_bounded", "gamma": g} for g in (0.1, 1.0)])
+
+
 def forward_flops(cfg, queries: int, keys: int) -> float:
   """Forward FLOPs of `queries` positions attending to `keys` positions."""
   d, h, k, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
@@ -69,14 +78,19 @@ def forward_flops(cfg, queries: int, keys: int) -> float:
   return 2.0 * queries * weights + 4.0 * queries * keys * h * k * cfg.num_layers
 
 
-def flops_per_call(lm) -> float:
-  """One network call of a row: the whole sequence (diffusion) or one token
-  against the static cache (AR; the prefill is counted as one such call)."""
+def flops_per_token(lm, calls_per_token: float) -> float:
+  """Forward FLOPs per generated token of a row: each call the whole
+  sequence (diffusion), its block of W against the cache of L + W slots
+  plus, once per block, the finished block's W (block diffusion), or one
+  token against the static cache (AR; the prefill counted as one such call)."""
   from diffusion_lm import models  # pylint: disable=g-import-not-at-top
   cfg = models.TransformerConfig.from_config(lm.config.model,
                                              lm.tokenizer.vocab_size)
-  length = lm.config.data.seq_len
-  return forward_flops(cfg, 1 if cfg.causal else length, length)
+  length, w = lm.config.data.seq_len, cfg.block_size
+  if w:
+    return (calls_per_token + 1 / w) * forward_flops(cfg, w, length + w)
+  return calls_per_token * forward_flops(cfg, 1 if cfg.causal else length,
+                                         length)
 
 
 def run(lm, init, options, seed=0):
@@ -98,7 +112,7 @@ def speed(lm, options: dict, batch: int, runs: int) -> dict:
           "seconds_to_first_token": timed["seconds"] * (
               int(commit[commit >= 0].min()) + 1) / iterations,
           "calls_per_token": timed["timed_calls_per_token"],
-          "flops_per_token": timed["timed_calls_per_token"] * flops_per_call(lm)}
+          "flops_per_token": flops_per_token(lm, timed["timed_calls_per_token"])}
 
 
 def samples(lm, options: dict, num_samples: int):
@@ -161,16 +175,16 @@ def train_quick(config: str, output_dir: str) -> tuple[str, str]:
 
 
 def frontier(rows: list[dict], key: str, tolerance: float = 0.1) -> dict:
-  """Per diffusion sampler: the fastest setting at batch 32 within
+  """Per diffusion model and sampler: the fastest setting at batch 32 within
   `tolerance` of the AR samples' perplexity under `key` (a row's key), and
   its speed ratio."""
   ar = next(r for r in rows if r["model"] == "ar" and r["batch"] == 32)
   best = {}
   for r in rows:
-    if r["model"] != "diffusion" or r["batch"] != 32:
+    if r["model"] == "ar" or r["batch"] != 32:
       continue
     if r[key] <= (1 + tolerance) * ar[key]:
-      name = r["options"]["sampler"]
+      name = f"{r['model']} {r['options']['sampler']}"
       if name not in best or r["tokens_per_s"] > best[name]["tokens_per_s"]:
         best[name] = r
   return {name: {"options": r["options"], key: r[key],
@@ -196,13 +210,17 @@ def table(rows: list[dict], scorers: list[str]) -> str:
   return "\n".join(lines) + "\n"
 
 
+MARKERS = {"diffusion": "o", "block_diffusion": "s", "ar": "*"}
+
+
 def plot(rows: list[dict], scorer: str, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
-  for model in ("diffusion", "ar"):
+  for model, marker in MARKERS.items():
     points = [(r["tokens_per_s"], r[f"{scorer}_perplexity"]) for r in rows
               if r["model"] == model and r["batch"] == 32]
-    ax.plot(*zip(*points), "o" if model == "diffusion" else "*",
-            markersize=6 if model == "diffusion" else 14, label=model)
+    if points:
+      ax.plot(*zip(*points), marker, markersize=14 if model == "ar" else 6,
+              label=model)
   ax.set_xscale("log")
   ax.set(xlabel="generated tokens/s (batch 32)",
          ylabel=f"perplexity of the samples under the {scorer}")
@@ -222,6 +240,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--diffusion_workdir", default="")
   parser.add_argument("--ar_workdir", default="")
+  parser.add_argument("--block_workdir", default="",
+                      help="a block-diffusion model of the same data, as a "
+                      "third contestant")
   parser.add_argument("--judge_workdir", default="",
                       help="a model that wrote none of the samples, with the "
                       "same tokenizer, to judge them (recommended)")
@@ -237,6 +258,10 @@ def main():
                                                           args.output_dir)
   diffusion, ar = api.load(args.diffusion_workdir), api.load(args.ar_workdir)
   scorers = {"ar_twin": ar, "diffusion_bound": diffusion}
+  contestants = {"diffusion": args.diffusion_workdir, "ar": args.ar_workdir}
+  if args.block_workdir:
+    scorers["block_bound"] = api.load(args.block_workdir)
+    contestants["block_diffusion"] = args.block_workdir
   if args.judge_workdir:
     scorers = {"judge": api.load(args.judge_workdir), **scorers}
   if any(lm.tokenizer.to_json() != ar.tokenizer.to_json()
@@ -247,6 +272,9 @@ def main():
   rows = []
   settings = [("ar", ar, {})] + [("diffusion", diffusion, o) for o in
                                  diffusion_sweep(diffusion.config.data.seq_len)]
+  if args.block_workdir:
+    settings += [("block_diffusion", scorers["block_bound"], o)
+                 for o in block_sweep(diffusion.config.data.seq_len)]
   for model, lm, options in settings:
     judged = judge(*samples(lm, options, args.num_samples), lm, scorers)
     for batch in BATCHES:
@@ -256,8 +284,8 @@ def main():
   ar_entropy = rows[0]["unigram_entropy_bits"]
   for r in rows:
     r["low_entropy"] = r["unigram_entropy_bits"] < 0.9 * ar_entropy
-  summary = {"likelihood": {"diffusion": likelihood(args.diffusion_workdir),
-                            "ar": likelihood(args.ar_workdir)},
+  summary = {"likelihood": {model: likelihood(workdir)
+                            for model, workdir in contestants.items()},
              "frontier_by": key, "frontier": frontier(rows, f"{key}_perplexity")}
   print(json.dumps({"summary": summary}))
   write(os.path.join(args.output_dir, "results.jsonl"),
