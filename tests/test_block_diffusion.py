@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, random_params
+from test_markov_bound import CHAIN, train_on_markov
+
+import diffusion_lm
 from diffusion_lm import config_base, errors, models, validation
+from diffusion_lm.data import markov
 from diffusion_lm.diffusion import (objective, sampler_options, samplers,
                                     schedules)
 
@@ -22,9 +26,9 @@ TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, MASK, (3, L)),
 BATCH = {"tokens": TOKENS, "weights": jnp.ones((3, L), jnp.float32)}
 
 
-def build(cfg, seed=0):
+def build(cfg, seed=0, scale=0.3):
   graphdef, _ = models.abstract_model(cfg)
-  return graphdef, random_params(cfg, seed)
+  return graphdef, random_params(cfg, seed, scale)
 
 
 def model_of(cfg, seed=0):
@@ -135,7 +139,9 @@ def options(sampler, **kw):
     ("first_hitting", {}), ("threshold", {"threshold": 0.3, "spacing": 2}),
     ("ancestral", {"steps": 6})])
 def test_cached_sampling_equals_uncached_draw_for_draw(sampler, kw):
-  graphdef, params = build(BLOCKS, seed=1)
+  # Large weights: logits that move with every token of the context, so a
+  # stale or misplaced cache entry changes draws.
+  graphdef, params = build(BLOCKS, seed=1, scale=1.5)
   init = np.full((4, L), MASK, np.int32)
   init[0, :2] = [1, 2]  # Prompts of 2, 5 (into block 1) and 9 tokens.
   init[1, :5] = [3, 4, 5, 6, 7]
@@ -144,6 +150,7 @@ def test_cached_sampling_equals_uncached_draw_for_draw(sampler, kw):
   opts = options(sampler, **kw)
   cached = models.sampling_network(graphdef, W, init, MASK, 0)
   assert cached.prefix == 8
+  init = np.tile(init, (8, 1))
   args = (params, jax.random.PRNGKey(5), init)
   kwargs = dict(mask_id=MASK, eos_id=0, reads_mask_rate=False)
   with jax.transfer_guard("disallow"):  # One dispatch, no host round trips.
@@ -187,3 +194,28 @@ def test_block_configs_are_checked(overrides, pattern):
     config[group][name] = value
   with pytest.raises(errors.UserError, match=pattern):
     validation.check(config)
+
+
+# Catches: a leak that lets the block bound fall below the truth (a noisy
+# block reading its own clean tokens), a model that does not learn, and the
+# API not sampling, filling or scoring a block-diffusion checkpoint.
+@pytest.mark.slow
+def test_markov_bound_holds_and_the_api_samples(tiny_config, tmp_path):
+  tiny_config.model.update(objective="block_diffusion", block_size=4)
+  result, docs = train_on_markov(tiny_config, CHAIN, tmp_path)
+  truth = markov.document_log2_probs(CHAIN, docs).sum() / sum(map(len, docs))
+  bound, stderr = result["bits_per_byte"], result["bits_per_byte_stderr"]
+  assert 0 < stderr < 0.03
+  assert truth - 3 * stderr < bound < truth + 0.1, (bound, stderr, truth)
+
+  lm = diffusion_lm.load(str(tmp_path))
+  assert isinstance(lm, diffusion_lm.api.DiffusionLM)
+  texts = lm.sample(4, prompt="abcab", seed=1, sampler="threshold",
+                    threshold=0.5)
+  assert all(t.startswith("abcab") and len(t) >= 5 for t in texts)
+  filled = lm.infill(["ab", 3, "c", 26])  # Text inside the gap's block.
+  assert filled[0].startswith("ab") and filled[0][5] == "c"
+  with pytest.raises(errors.UserError, match="blocks left to right"):
+    lm.infill(["ab", 2, "cabc", 24])  # Block 1 all text after a gap.
+  text = docs[0].decode()
+  assert lm.score([text], num_t_samples=4)[0] > 0
