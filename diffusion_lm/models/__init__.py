@@ -39,8 +39,8 @@ class BlockDenoiser(samplers.Network):
   (cache, written_B): the cache holds the clean stream of each row's first
   written_B positions. When a row has moved on to a new block, the call
   first reads the block it finished as clean text and caches it (no extra
-  call); the first call reads the prompt's `prefix` positions (whole blocks,
-  the longest of the batch's prompts) so.
+  call); the first call reads the `prefix` positions of whole blocks of
+  prompt (the batch's longest) the same way.
   """
 
   graphdef: nnx.GraphDef
@@ -91,14 +91,14 @@ class BlockDenoiser(samplers.Network):
           f"a block-diffusion model writes whole blocks of {size} tokens: the "
           f"sample length {l} must be a multiple of {size}")
     masked_BxN = (init == mask_id).reshape(b, l // size, size).any(axis=-1)
-    started_BxN = np.cumsum(masked_BxN, axis=1) > 0
-    if np.any(started_BxN & ~masked_BxN):
+    text_after_gap = (np.cumsum(masked_BxN, axis=1) > 0) & ~masked_BxN
+    if text_after_gap.any():
+      row, block = np.argwhere(text_after_gap)[0]
       raise errors.UserError(
-          "a block-diffusion model writes blocks left to right: text may "
-          f"follow a gap only inside the gap's block of {size} tokens (a "
-          "block with no [MASK] after one with some cannot be conditioned on)")
-    first_B = np.where(masked_BxN.any(axis=1), masked_BxN.argmax(axis=1),
-                       l // size)
+          "a block-diffusion model writes blocks left to right: after a gap, "
+          f"every block of {size} tokens must still hold a [MASK] (text "
+          f"inside such blocks is fine); block {block} of row {row} is all text")
+    first_B = np.where(masked_BxN.any(axis=1), masked_BxN.argmax(axis=1), 0)
     return cls(graphdef, size, int(first_B.max()) * size)
 
 
