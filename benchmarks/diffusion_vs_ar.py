@@ -4,7 +4,7 @@
       --ar_workdir=runs/quickstart_ar --judge_workdir=runs/judge \
       [--block_workdir=runs/quickstart_bd3_4] --output_dir=runs/vs
   python benchmarks/diffusion_vs_ar.py --train_quick=configs/markov.py \
-      --output_dir=runs/vs_markov    # trains CONFIG and CONFIG:ar first
+      --output_dir=runs/vs_markov    # trains CONFIG, CONFIG:ar, CONFIG:bd3 first
 
 Prints one JSON line per (model, sampler setting, batch size) and writes
 results.jsonl, table.md and frontier.png to --output_dir:
@@ -23,12 +23,16 @@ results.jsonl, table.md and frontier.png to --output_dir:
   AR twin's exact perplexity and the diffusion model's bound), beside the
   samples' unigram entropy (flagged when it falls 10% below the AR
   samples': repetitive text games perplexity), and on the `markov` corpus
-  the chain's exact report (diffusion_lm.quality);
+  the chain's exact report (diffusion_lm.quality) with the exact KL per
+  document from the samples' own log q (the AR twin's exact likelihood of
+  its rows, a diffusion model's replay along each commit path);
 * likelihood: each model's bits per byte on its eval split (the diffusion
   bound, the AR exact value) from its metrics.jsonl;
 * the frontier: per diffusion model and sampler, the fastest setting (batch 32) whose
   judge perplexity (the AR twin's without a judge) is within 10% of the AR
-  samples', and its speed ratio to AR, both from this run.
+  samples', and its speed ratio to AR, both from this run; on `markov`, also
+  the fastest setting on one row whose exact KL is within 0.2 bits per
+  document of the AR samples'.
 """
 
 import argparse
@@ -44,8 +48,9 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from diffusion_lm import api, evaluation, metrics, quality  # pylint: disable=g-import-not-at-top
+from diffusion_lm import api, evaluation, metrics, models, quality  # pylint: disable=g-import-not-at-top
 from diffusion_lm.data import pipeline  # pylint: disable=g-import-not-at-top
+from diffusion_lm.diffusion import sampler_options  # pylint: disable=g-import-not-at-top
 
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-order
 
@@ -68,6 +73,8 @@ def block_sweep(length: int) -> list[dict]:
   return ([{"sampler": "ancestral", "steps": length // 4},
            {"sampler": "first_hitting"}]
           + [{"sampler": "threshold", "threshold": t} for t in (0.9, 0.7, 0.5)]
+          + [{"sampler": "threshold", "threshold": t, "spacing": d}
+             for t, d in ((0.5, 2), (0.1, 4))]
           + [{"sampler": "entropy_bounded", "gamma": g} for g in (0.1, 1.0)])
 
 
@@ -83,7 +90,6 @@ def flops_per_token(lm, calls_per_token: float) -> float:
   sequence (diffusion), its block of W against the cache of L + W slots
   plus, once per block, the finished block's W (block diffusion), or one
   token against the static cache (AR; the prefill counted as one such call)."""
-  from diffusion_lm import models  # pylint: disable=g-import-not-at-top
   cfg = models.TransformerConfig.from_config(lm.config.model,
                                              lm.tokenizer.vocab_size)
   length, w = lm.config.data.seq_len, cfg.block_size
@@ -116,17 +122,18 @@ def speed(lm, options: dict, batch: int, runs: int) -> dict:
 
 
 def samples(lm, options: dict, num_samples: int):
-  """(token rows [N, L], their texts), drawn with float64 noise."""
+  """(token rows [N, L], their texts, the generate results), drawn with
+  float64 noise (the results hold 32 rows each, the last maybe more than N)."""
   results = [run(lm, lm.prompt_template("", 32), dict(options, float64=True),
                  seed=seed) for seed in range(-(-num_samples // 32))]
   texts = sum((lm.texts(r) for r in results), [])[:num_samples]
   rows = np.concatenate([np.asarray(r.tokens_BxL) for r in results])
-  return rows[:num_samples], texts
+  return rows[:num_samples], texts, results
 
 
-def bits_per_token(lm, rows_NxL, num_t_samples: int = 16) -> float:
-  """-log2 p of whole sampled rows under `lm`, per token: exact for an AR
-  model, the NELBO bound (num_t_samples estimates) for a diffusion one."""
+def row_bits(lm, rows_NxL, num_t_samples: int = 16) -> np.ndarray:
+  """-log2 p of each whole sampled row under `lm`: exact for an AR model,
+  the NELBO bound (num_t_samples estimates) for a diffusion one."""
   step = evaluation.make_eval_step(
       lm.graphdef, jax.tree.map(lambda x: x.sharding, lm.params), lm.mesh,
       lm.tokenizer.mask_id, num_t_samples)
@@ -135,22 +142,44 @@ def bits_per_token(lm, rows_NxL, num_t_samples: int = 16) -> float:
   nats = evaluation.nelbos(step, lm.params,
                            pipeline.eval_batches(batch, lm.config.eval.batch_size),
                            lm.mesh, jax.random.PRNGKey(0))
-  return float(nats[:, :len(rows_NxL)].mean(axis=0).sum() / rows_NxL.size
-               / np.log(2))
+  return nats[:, :len(rows_NxL)].mean(axis=0) / np.log(2)
 
 
-def judge(rows_NxL, texts: list[str], lm, scorers: dict) -> dict:
-  """Quality of samples: perplexity under each scorer, unigram entropy,
-  and the chain report on the markov corpus."""
+def own_log2_q(lm, options: dict, rows_NxL, results) -> tuple[str, np.ndarray] | None:
+  """(what it measures, log2 q of each sampled row) under the sampler that
+  drew it: the AR twin's exact likelihood; a diffusion model's replay
+  (quality.replay_log2_probs: kl_bits, or kl_upper_bits for random orders);
+  None where the replay measures nothing exact."""
+  if lm.config.model.objective == "autoregressive":
+    return "kl_bits", -row_bits(lm, rows_NxL, num_t_samples=1)
+  kind = quality.replay_kind(sampler_options.make_options(lm.config.sample,
+                                                          options))
+  if not kind or lm.config.model.time_conditioning:
+    return None
+  log2_q = np.concatenate([quality.replay_log2_probs(
+      models.Denoiser(lm.graphdef), lm.params, r, lm.tokenizer.mask_id)
+                           for r in results])
+  return kind, log2_q[:len(rows_NxL)]
+
+
+def judge(lm, options: dict, sampled, scorers: dict) -> dict:
+  """Quality of samples (samples()' triple): perplexity under each scorer,
+  unigram entropy, and on the markov corpus the chain's report with the
+  exact KL."""
+  rows_NxL, texts, results = sampled
   eos = lm.tokenizer.eos_id
   content = [row[:np.argmax(row == eos)] if np.any(row == eos) else row
              for row in rows_NxL]
-  result = {f"{name}_perplexity": 2 ** bits_per_token(scorer, rows_NxL)
+  result = {f"{name}_perplexity":
+            2 ** (row_bits(scorer, rows_NxL).sum() / rows_NxL.size)
             for name, scorer in scorers.items()}
   result["unigram_entropy_bits"] = float(np.mean(
       [quality.unigram_entropy_bits(c) for c in content if len(c)]))
   if lm.config.data.corpus == "markov":
-    result.update(quality.chain_report(texts, lm.config.data.markov))
+    exact = own_log2_q(lm, options, rows_NxL, results)
+    result.update(quality.chain_report(
+        texts, lm.config.data.markov,
+        **(dict(kl_name=exact[0], log2_q=exact[1]) if exact else {})))
   return result
 
 
@@ -162,16 +191,20 @@ def likelihood(workdir: str) -> dict:
           if k.startswith("eval/")} if records else {}
 
 
-def train_quick(config: str, output_dir: str) -> tuple[str, str]:
-  """Trains CONFIG and CONFIG:ar into output_dir (resuming if there)."""
-  workdirs = []
-  for name, variant in (("diffusion", ""), ("ar", ":ar")):
-    workdir = os.path.join(output_dir, name)
+def train_quick(config: str, output_dir: str) -> dict:
+  """Trains CONFIG, its AR twin and its block-diffusion variant (:bd3, or
+  ,ar and ,bd3 after variants CONFIG names) into output_dir (resuming if
+  there); their workdirs by model kind."""
+  joiner = "," if ":" in config else ":"
+  workdirs = {}
+  for model, variant in (("diffusion", ""), ("ar", "ar"),
+                         ("block_diffusion", "bd3")):
+    workdirs[model] = os.path.join(output_dir, model)
     subprocess.run([sys.executable, "-m", "diffusion_lm.main",
-                    f"--config={config}{variant}", f"--workdir={workdir}",
+                    f"--config={config}{joiner + variant if variant else ''}",
+                    f"--workdir={workdirs[model]}",
                     "--config.sample.num_samples=0"], check=True)
-    workdirs.append(workdir)
-  return tuple(workdirs)
+  return workdirs
 
 
 def frontier(rows: list[dict], key: str, tolerance: float = 0.1) -> dict:
@@ -189,6 +222,27 @@ def frontier(rows: list[dict], key: str, tolerance: float = 0.1) -> dict:
         best[name] = r
   return {name: {"options": r["options"], key: r[key],
                  "tokens_per_s": r["tokens_per_s"],
+                 "speed_vs_ar": r["tokens_per_s"] / ar["tokens_per_s"]}
+          for name, r in best.items()}
+
+
+def kl_frontier(rows: list[dict], margin_bits: float = 0.2) -> dict:
+  """On a markov corpus, per diffusion model and sampler: the fastest setting
+  on one row whose exact KL per document (an upper bound passes for the KL
+  it bounds) is within margin_bits of the AR samples', and its speed ratio."""
+  ar = next(r for r in rows if r["model"] == "ar" and r["batch"] == 1)
+  best = {}
+  for r in rows:
+    kl = r.get("kl_bits", r.get("kl_upper_bits"))
+    if r["model"] == "ar" or r["batch"] != 1 or kl is None:
+      continue
+    if kl <= ar["kl_bits"] + margin_bits:
+      name = f"{r['model']} {r['options']['sampler']}"
+      if name not in best or r["tokens_per_s"] > best[name]["tokens_per_s"]:
+        best[name] = r
+  return {name: {"options": r["options"],
+                 "kl_bits": r.get("kl_bits", r.get("kl_upper_bits")),
+                 "ar_kl_bits": ar["kl_bits"], "tokens_per_s": r["tokens_per_s"],
                  "speed_vs_ar": r["tokens_per_s"] / ar["tokens_per_s"]}
           for name, r in best.items()}
 
@@ -247,15 +301,17 @@ def main():
                       help="a model that wrote none of the samples, with the "
                       "same tokenizer, to judge them (recommended)")
   parser.add_argument("--train_quick", default="",
-                      help="a config to train (and its :ar twin) first")
+                      help="a config to train first, with its AR twin and "
+                      "its block-diffusion variant (:bd3)")
   parser.add_argument("--num_samples", type=int, default=256)
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--output_dir", required=True)
   args = parser.parse_args()
   os.makedirs(args.output_dir, exist_ok=True)
   if args.train_quick:
-    args.diffusion_workdir, args.ar_workdir = train_quick(args.train_quick,
-                                                          args.output_dir)
+    trained = train_quick(args.train_quick, args.output_dir)
+    args.diffusion_workdir, args.ar_workdir, args.block_workdir = (
+        trained["diffusion"], trained["ar"], trained["block_diffusion"])
   diffusion, ar = api.load(args.diffusion_workdir), api.load(args.ar_workdir)
   scorers = {"ar_twin": ar, "diffusion_bound": diffusion}
   contestants = {"diffusion": args.diffusion_workdir, "ar": args.ar_workdir}
@@ -276,7 +332,7 @@ def main():
     settings += [("block_diffusion", scorers["block_bound"], o)
                  for o in block_sweep(diffusion.config.data.seq_len)]
   for model, lm, options in settings:
-    judged = judge(*samples(lm, options, args.num_samples), lm, scorers)
+    judged = judge(lm, options, samples(lm, options, args.num_samples), scorers)
     for batch in BATCHES:
       rows.append({"model": model, "options": options,
                    **speed(lm, options, batch, args.runs), **judged})
@@ -287,6 +343,8 @@ def main():
   summary = {"likelihood": {model: likelihood(workdir)
                             for model, workdir in contestants.items()},
              "frontier_by": key, "frontier": frontier(rows, f"{key}_perplexity")}
+  if diffusion.config.data.corpus == "markov":
+    summary["kl_frontier"] = kl_frontier(rows)
   print(json.dumps({"summary": summary}))
   write(os.path.join(args.output_dir, "results.jsonl"),
         "".join(json.dumps(r) + "\n" for r in rows + [{"summary": summary}]))
