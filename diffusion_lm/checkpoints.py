@@ -242,7 +242,9 @@ def restore_data_position(mngr: ocp.CheckpointManager, step: int,
     raise integrity.unreadable(e, "reading data") from e
 
 
-def check_tokenizer(saved, tokenizer, step: int, directory) -> None:
+def check_tokenizer(saved, tokenizer, step: int, directory,
+                    advice: str = "keep the checkpoint's tokenizer or start "
+                    "a new --workdir") -> None:
   """Refuses to resume a checkpoint with a tokenizer other than its own."""
   if saved.to_json() == tokenizer.to_json():
     return
@@ -253,8 +255,7 @@ def check_tokenizer(saved, tokenizer, step: int, directory) -> None:
       f"the checkpoint at step {step} in {directory} was trained with "
       f"tokenizer {saved.kind!r} (vocab_size {saved.vocab_size}) but the "
       f"config's data.tokenizer gives {other}{tokenizer.kind!r} (vocab_size "
-      f"{tokenizer.vocab_size}); keep the checkpoint's tokenizer or start a "
-      "new --workdir")
+      f"{tokenizer.vocab_size}); {advice}")
 
 
 def eval_params_name(train_config) -> str:
@@ -291,7 +292,9 @@ def steps_to_try(mngr: ocp.CheckpointManager, workdir: str,
 
 
 def check_model(saved_model, model_config, target_params, vocab_size: int,
-                step: int, directory) -> None:
+                step: int, directory,
+                advice: str = "resume with {values} (the checkpoint's values), "
+                "or start a new --workdir") -> None:
   """Refuses to resume a checkpoint whose parameters have other shapes or
   another layout (model.scan_layers) than this run's (`target_params`),
   naming the model fields that differ from the checkpoint's."""
@@ -309,9 +312,32 @@ def check_model(saved_model, model_config, target_params, vocab_size: int,
       + ", ".join(f"model.{k}={saved_model[k]!r} (this run: "
                   f"{model_config[k]!r})" for k in differ)
       + ": its parameters have other shapes or layout than this run's; "
-      "resume with "
-      + " ".join(f"--config.model.{k}={saved_model[k]}" for k in differ)
-      + " (the checkpoint's values), or start a new --workdir")
+      + advice.format(values=" ".join(
+          f"--config.model.{k}={saved_model[k]}" for k in differ)))
+
+
+def params_from(workdir: str, target: dict, tokenizer, model_config
+                ) -> tuple[int, dict]:
+  """(step, parameters) of the newest intact checkpoint in another run's
+  workdir (train.init_from), placed as `target` says: the ones it evaluated
+  with (its EMA when it kept one). Its tokenizer and parameter shapes must
+  be this run's; the objective may differ (the weights are the same)."""
+  mngr = manager(workdir, read_only=True)
+  advice = f"train.init_from={workdir} needs a run with this run's "
+
+  def restore(step):
+    saved_config, saved_tokenizer = restore_metadata(mngr, step)
+    check_tokenizer(saved_tokenizer, tokenizer, step, mngr.directory,
+                    advice + "data.tokenizer and corpus")
+    mine = ml_collections.ConfigDict(model_config.to_dict())
+    mine.update({k: saved_config.model[k] for k in ("objective", "block_size")})
+    check_model(saved_config.model, mine, target, tokenizer.vocab_size,
+                step, mngr.directory, advice + "transformer ({values} here)")
+    return restore_params(mngr, step, target, saved_config.train)
+
+  step, params, _ = integrity.newest_intact(mngr, restore,
+                                            steps_to_try(mngr, workdir))
+  return step, params
 
 
 def resume(mngr: ocp.CheckpointManager, target: dict,

@@ -119,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
       # (first, last): steps first..last are traced by jax.profiler into
       # <workdir>/profile (TensorBoard's profile tab); () = off.
       profile_steps=(),
+      # Another run's workdir: a new run starts from the parameters of its
+      # newest intact checkpoint (the same transformer and tokenizer; any
+      # objective), with a fresh optimizer at step 0. "" = random init.
+      init_from="",
   )
 
   c.eval = dict(

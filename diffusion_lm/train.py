@@ -3,7 +3,8 @@
 Checks the whole config first (validation.check, and step_memory.check:
 the step fits the devices), then holds the workdir's lock (workdir_lock)
 while it runs. Resumes from the newest intact checkpoint
-in the workdir when there is one, then checks that the tokenizer can encode
+in the workdir when there is one (else starts from train.init_from's
+parameters when set), then checks that the tokenizer can encode
 the corpus (tokenizers.check_documents) before it trains. A run refused
 before its first write leaves the workdir as it found it. Metrics are
 fetched one step behind so that dispatch stays asynchronous. Each
@@ -34,6 +35,7 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
 from diffusion_lm import (checkpoints, errors, evaluation, metrics, models,
@@ -139,6 +141,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         process_count=jax.process_count(), seed_offset=seed_offset))
 
   mngr = checkpoints.manager(workdir, config.train.max_checkpoints)
+  source_step = None  # Of train.init_from's checkpoint, when it is used.
   resumed = checkpoints.resume(mngr, training.state_target, train_data,
                                tokenizer, config.model,
                                config.train.require_checksums)
@@ -149,6 +152,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     logging.info("Resuming from the checkpoint at step %d.", start_step)
   else:
     start_step, state, train_iter = 0, training.init(), train_data(0)
+    if config.train.init_from:
+      source_step, state = _initialised_from(config, training.state_target,
+                                             state, tokenizer)
   validation_split = evaluation.EvalSplit(config, tokenizer, "validation")
   samples = (previews.Previews(config, tokenizer, training.graphdef)
              if config.sample.num_samples else None)
@@ -156,6 +162,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   peak = metrics.peak_flops_per_device(jax.devices()[0])
   writer = metrics.MetricWriter(workdir, resume_step=start_step,
                                 enabled=jax.process_index() == 0)
+  if source_step is not None:
+    writer.write(0, {"train/init_from_step": source_step})
   log = metrics.TrainLog(
       writer, start_step=start_step, total_steps=config.train.steps,
       tokens_per_step=tokens_per_step,
@@ -261,6 +269,21 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   writer.close()
   logging.info("%s split: %s", config.eval.split, _summary(result))
   return {"step": step, "preempted": False, **result}
+
+
+def _initialised_from(config, target: dict, state: dict, tokenizer
+                      ) -> tuple[int, dict]:
+  """(its step, the fresh state with the parameters and EMA of) train.init_from's
+  newest intact checkpoint."""
+  step, params = checkpoints.params_from(config.train.init_from,
+                                         target["params"], tokenizer,
+                                         config.model)
+  logging.info("Starting from the parameters of %s at step %d.",
+               config.train.init_from, step)
+  state = dict(state, params=params)
+  if "ema" in state:  # Copied: the train step donates both.
+    state["ema"] = jax.tree.map(jnp.copy, params)
+  return step, state
 
 
 def _summary(result: dict) -> str:

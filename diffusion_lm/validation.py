@@ -123,6 +123,7 @@ FIELDS: dict[str, Rule] = {
     "train.require_checksums": _BOOL,
     "train.skip_nonfinite_steps": _BOOL,
     "train.microbatches": _int(1),
+    "train.init_from": _STR,
     "train.profile_steps": (
         lambda v: v == () or (isinstance(v, (tuple, list)) and len(v) == 2
                               and all(map(_is_int, v)) and 1 <= v[0] <= v[1]),

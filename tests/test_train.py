@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_lm import checkpoints, metrics, parallel, train, train_step
+from diffusion_lm import checkpoints, errors, metrics, parallel, train, train_step
 from diffusion_lm.data import pipeline, tokenizers
 
 TOKENIZER = tokenizers.ByteTokenizer()
@@ -157,3 +157,23 @@ def test_a_restarted_data_order_survives_the_next_resume(tiny_config, tmp_path):
   keep_only(again, 8)  # Saved in the new order.
   train.train_and_evaluate(tiny_config, str(again))
   assert losses(again) == losses(first)
+
+
+def test_a_run_started_from_another_runs_parameters(tiny_config, tmp_path):
+  # Bugs caught: train.init_from ignored (a random start evaluates
+  # otherwise), the source's optimizer step or another checkpoint's
+  # parameters taken, a model of other shapes accepted.
+  tiny_config.train.update(steps=3, log_every=1, eval_every=100)
+  tiny_config.sample.num_samples = 0
+  source = train.train_and_evaluate(tiny_config, str(tmp_path / "source"))
+  tiny_config.train.update(steps=0, init_from=str(tmp_path / "source"))
+  started = train.train_and_evaluate(tiny_config, str(tmp_path / "started"))
+  assert started["bits_per_byte"] == source["bits_per_byte"]
+  records = metrics.read_jsonl(str(tmp_path / "started"))
+  assert {"step": 0, "train/init_from_step": 3.0} in records
+
+  tiny_config.model.num_layers += 1
+  with pytest.raises(errors.UserError, match=(
+      r"model.num_layers=\d \(this run: \d\).*train.init_from=.*source needs "
+      r"a run with this run's transformer \(--config.model.num_layers=\d here")):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "other"))
