@@ -291,49 +291,67 @@ def steps_to_try(mngr: ocp.CheckpointManager, workdir: str,
   return [step]
 
 
+def _shapes(params):
+  return jax.tree.map(lambda x: x.shape, params)
+
+
+def _differing(saved_model, model_config, step: int, directory) -> tuple:
+  """The model fields that differ from the checkpoint's, and the start of
+  the error that names them."""
+  differ = [k for k in model_config if saved_model[k] != model_config[k]]
+  return differ, (
+      f"the checkpoint at step {step} in {directory} was saved with "
+      + ", ".join(f"model.{k}={saved_model[k]!r} (this run: "
+                  f"{model_config[k]!r})" for k in differ)
+      + ": its parameters have other shapes or layout than this run's; ")
+
+
 def check_model(saved_model, model_config, target_params, vocab_size: int,
-                step: int, directory,
-                advice: str = "resume with {values} (the checkpoint's values), "
-                "or start a new --workdir") -> None:
+                step: int, directory) -> None:
   """Refuses to resume a checkpoint whose parameters have other shapes or
   another layout (model.scan_layers) than this run's (`target_params`),
   naming the model fields that differ from the checkpoint's."""
   _, abstract = models.abstract_model(
       models.TransformerConfig.from_config(saved_model, vocab_size))
-
-  def shapes(params):
-    return jax.tree.map(lambda x: x.shape, params)
-
-  if shapes(nnx.to_pure_dict(abstract)) == shapes(target_params):
+  if _shapes(nnx.to_pure_dict(abstract)) == _shapes(target_params):
     return
-  differ = [k for k in model_config if saved_model[k] != model_config[k]]
+  differ, error = _differing(saved_model, model_config, step, directory)
   raise errors.UserError(
-      f"the checkpoint at step {step} in {directory} was saved with "
-      + ", ".join(f"model.{k}={saved_model[k]!r} (this run: "
-                  f"{model_config[k]!r})" for k in differ)
-      + ": its parameters have other shapes or layout than this run's; "
-      + advice.format(values=" ".join(
-          f"--config.model.{k}={saved_model[k]}" for k in differ)))
+      error + "resume with "
+      + " ".join(f"--config.model.{k}={saved_model[k]}" for k in differ)
+      + " (the checkpoint's values), or start a new --workdir")
 
 
 def params_from(workdir: str, target: dict, tokenizer, model_config
                 ) -> tuple[int, dict]:
   """(step, parameters) of the newest intact checkpoint in another run's
   workdir (train.init_from), placed as `target` says: the ones it evaluated
-  with (its EMA when it kept one). Its tokenizer and parameter shapes must
-  be this run's; the objective may differ (the weights are the same)."""
+  with (its EMA when it kept one), in this model's layout
+  (models.in_layout). Its tokenizer and transformer must be this run's; the
+  objective may differ."""
   mngr = manager(workdir, read_only=True)
   advice = f"train.init_from={workdir} needs a run with this run's "
+  cfg = models.TransformerConfig.from_config(model_config, tokenizer.vocab_size)
 
   def restore(step):
     saved_config, saved_tokenizer = restore_metadata(mngr, step)
     check_tokenizer(saved_tokenizer, tokenizer, step, mngr.directory,
                     advice + "data.tokenizer and corpus")
-    mine = ml_collections.ConfigDict(model_config.to_dict())
-    mine.update({k: saved_config.model[k] for k in ("objective", "block_size")})
-    check_model(saved_config.model, mine, target, tokenizer.vocab_size,
-                step, mngr.directory, advice + "transformer ({values} here)")
-    return restore_params(mngr, step, target, saved_config.train)
+    source = models.TransformerConfig.from_config(saved_config.model,
+                                                  tokenizer.vocab_size)
+    saved = nnx.to_pure_dict(models.abstract_model(source)[1])
+    if _shapes(jax.eval_shape(lambda p: models.in_layout(p, source, cfg),
+                              saved)) != _shapes(target):
+      differ, error = _differing(saved_config.model, model_config, step,
+                                 mngr.directory)
+      raise errors.UserError(error + advice + "transformer (" + " ".join(
+          f"--config.model.{k}={saved_config.model[k]}" for k in differ
+          if k not in ("objective", "block_size")) + " here)")
+    params = restore_params(mngr, step, jax.tree.map(
+        lambda s, t: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=t.sharding),
+        saved, target), saved_config.train)
+    return jax.tree.map(jax.device_put, models.in_layout(params, source, cfg),
+                        jax.tree.map(lambda t: t.sharding, target))
 
   step, params, _ = integrity.newest_intact(mngr, restore,
                                             steps_to_try(mngr, workdir))

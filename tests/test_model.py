@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import TINY_MODEL, randomised
+from conftest import TINY_MODEL, random_params, randomised
 from diffusion_lm import errors, models
 from diffusion_lm.models.transformer import Transformer, TransformerConfig
 
@@ -78,6 +78,20 @@ def test_local_mixing_sees_exactly_k_neighbours():
     moved = np.any(np.asarray(model.local(jnp.asarray(changed))) !=
                    np.asarray(model.local(jnp.asarray(x))), axis=-1)[0]
     np.testing.assert_array_equal(moved, np.abs(np.arange(6) - j) <= 2)
+
+
+def test_a_causal_input_layer_read_bidirectionally_computes_what_it_did():
+  # Bug caught (train.init_from from an AR twin): the causal kernel's offsets
+  # -k..0 placed at other offsets of the bidirectional one, or the new ones
+  # not zero.
+  causal = dataclasses.replace(LOCAL, objective="autoregressive")
+  source = random_params(causal)
+  graphdef, _ = models.abstract_model(LOCAL)
+  model = nnx.merge(graphdef, models.in_layout(source, causal, LOCAL))
+  x = model._embed(TOKENS)  # pylint: disable=protected-access
+  np.testing.assert_allclose(model.local(x), randomised(causal).local(x),
+                             rtol=1e-6)
+  assert models.in_layout(source, causal, causal) is source
 
 
 @pytest.mark.slow

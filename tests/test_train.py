@@ -172,7 +172,19 @@ def test_a_run_started_from_another_runs_parameters(tiny_config, tmp_path):
   records = metrics.read_jsonl(str(tmp_path / "started"))
   assert {"step": 0, "train/init_from_step": 3.0} in records
 
-  tiny_config.model.num_layers += 1
+  # From an AR twin whose input layer reads fewer neighbours (models.in_layout).
+  tiny_config.model.local_width = 2
+  tiny_config.train.update(steps=2, init_from="")
+  twin = tiny_config.copy_and_resolve_references()
+  twin.model.objective = "autoregressive"
+  train.train_and_evaluate(twin, str(tmp_path / "twin"))
+  tiny_config.train.update(steps=0, init_from=str(tmp_path / "twin"))
+  train.train_and_evaluate(tiny_config, str(tmp_path / "from_twin"))
+  assert {"step": 0, "train/init_from_step": 2.0} in metrics.read_jsonl(
+      str(tmp_path / "from_twin"))
+
+  tiny_config.train.init_from = str(tmp_path / "source")
+  tiny_config.model.update(local_width=0, num_layers=3)
   with pytest.raises(errors.UserError, match=(
       r"model.num_layers=\d \(this run: \d\).*train.init_from=.*source needs "
       r"a run with this run's transformer \(--config.model.num_layers=\d here")):

@@ -113,6 +113,21 @@ def init_params(cfg: TransformerConfig, key) -> dict:
   return nnx.to_pure_dict(state)
 
 
+def in_layout(params: dict, source: TransformerConfig,
+              cfg: TransformerConfig) -> dict:
+  """A `source` model's parameters (a pure dict) in `cfg`'s layout. They are
+  the same but for the input layer of a causal source read by a
+  bidirectional model: LocalMixing's kernel has offsets -k..0 there and
+  -k..k here, and the new offsets 1..k start at zero, so the layer computes
+  what it did from the tokens before each position."""
+  k = cfg.local_width
+  if not (source.causal and not cfg.causal and k and source.local_width == k):
+    return params
+  kernel = params["local"]["kernel"]
+  return dict(params, local={"kernel": jnp.concatenate(
+      [kernel, jnp.zeros((k, *kernel.shape[1:]), kernel.dtype)])})
+
+
 def count_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
