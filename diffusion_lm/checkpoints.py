@@ -322,31 +322,39 @@ def check_model(saved_model, model_config, target_params, vocab_size: int,
       + " (the checkpoint's values), or start a new --workdir")
 
 
-def params_from(workdir: str, target: dict, tokenizer, model_config
-                ) -> tuple[int, dict]:
+def params_from(workdir: str, target: dict, tokenizer, model_config,
+                require_checksums: bool = False) -> tuple[int, dict]:
   """(step, parameters) of the newest intact checkpoint in another run's
   workdir (train.init_from), placed as `target` says: the ones it evaluated
   with (its EMA when it kept one), in this model's layout
   (models.in_layout). Its tokenizer and transformer must be this run's; the
-  objective may differ."""
+  objective may differ, but for a causal run from a bidirectional one whose
+  input layer reads the tokens after each position."""
   mngr = manager(workdir, read_only=True)
   advice = f"train.init_from={workdir} needs a run with this run's "
   cfg = models.TransformerConfig.from_config(model_config, tokenizer.vocab_size)
 
   def restore(step):
-    saved_config, saved_tokenizer = restore_metadata(mngr, step)
+    saved_config, saved_tokenizer = restore_metadata(mngr, step,
+                                                     require_checksums)
     check_tokenizer(saved_tokenizer, tokenizer, step, mngr.directory,
                     advice + "data.tokenizer and corpus")
     source = models.TransformerConfig.from_config(saved_config.model,
                                                   tokenizer.vocab_size)
+    if cfg.causal and not source.causal and cfg.local_width:
+      raise errors.UserError(
+          f"train.init_from={workdir} is a {source.objective} run, whose input "
+          "layer reads the tokens after each position (model.local_width="
+          f"{source.local_width}): an autoregressive run cannot start from it")
     saved = nnx.to_pure_dict(models.abstract_model(source)[1])
     if _shapes(jax.eval_shape(lambda p: models.in_layout(p, source, cfg),
                               saved)) != _shapes(target):
       differ, error = _differing(saved_config.model, model_config, step,
                                  mngr.directory)
-      raise errors.UserError(error + advice + "transformer (" + " ".join(
-          f"--config.model.{k}={saved_config.model[k]}" for k in differ
-          if k not in ("objective", "block_size")) + " here)")
+      values = [f"--config.model.{k}={saved_config.model[k]}" for k in differ
+                if k not in ("objective", "block_size")]
+      raise errors.UserError(error + advice + "transformer"
+                             + (f" ({' '.join(values)} here)" if values else ""))
     params = restore_params(mngr, step, jax.tree.map(
         lambda s, t: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=t.sharding),
         saved, target), saved_config.train)

@@ -66,13 +66,17 @@ def train_flops_per_token(model_cfg, seq_len: int) -> float:
 
   Attention scores and the weighted sum cost 2 * 2 * seq_len * heads *
   head_dim FLOPs per token and layer forward, counted in full (bidirectional,
-  not halved as for causal models), times 3 for forward + backward.
+  not halved as for causal models), times 3 for forward + backward. Block
+  diffusion reads each row twice (noisy and clean streams, 2 * seq_len
+  positions attending to as many), the output head once.
   """
   d, h, k, f = (model_cfg.embed_dim, model_cfg.num_heads, model_cfg.head_dim,
                 model_cfg.mlp_dim)
+  streams = 2 if model_cfg.block_size else 1
   per_layer = d * 3 * h * k + h * k * d + d * 2 * f + f * d
-  matmul_weights = model_cfg.num_layers * per_layer + d * model_cfg.vocab_size
-  attention = model_cfg.num_layers * 4 * seq_len * h * k
+  matmul_weights = (streams * model_cfg.num_layers * per_layer
+                    + d * model_cfg.vocab_size)
+  attention = model_cfg.num_layers * 4 * streams**2 * seq_len * h * k
   return 6.0 * matmul_weights + 3.0 * attention
 
 

@@ -275,9 +275,9 @@ def _initialised_from(config, target: dict, state: dict, tokenizer
                       ) -> tuple[int, dict]:
   """(its step, the fresh state with the parameters and EMA of) train.init_from's
   newest intact checkpoint."""
-  step, params = checkpoints.params_from(config.train.init_from,
-                                         target["params"], tokenizer,
-                                         config.model)
+  step, params = checkpoints.params_from(
+      config.train.init_from, target["params"], tokenizer, config.model,
+      config.train.require_checksums)
   logging.info("Starting from the parameters of %s at step %d.",
                config.train.init_from, step)
   state = dict(state, params=params)

@@ -229,6 +229,12 @@ def _blocks_fill_rows(config, _):
           for name, length in lengths.items() if size and length % size]
 
 
+@_rule("model.block_size")
+def _sampling_blocks(config, _):
+  return _called(lambda: models.check_block_length(
+      config.model.block_size, config.sample.block_length))
+
+
 @_rule("diffusion.power", "diffusion.eps")
 def _schedule(config, _):
   return _called(lambda: schedules.from_config(config.diffusion))

@@ -185,6 +185,7 @@ def test_templates_a_block_decoder_cannot_write_are_refused(
     ({"model.objective": "diffusion"}, "the other objectives read none"),
     ({"model.time_conditioning": True}, "time_conditioning=True needs"),
     ({"sample.length": 12}, "must divide sample.length=12"),
+    ({"sample.block_length": 4}, "samples in its own blocks"),
 ])
 def test_block_configs_are_checked(overrides, pattern):
   config = config_base.variant(config_base.base_config(), "bd3")

@@ -32,6 +32,15 @@ def stratified_times(key, n: int):
   return 1.0 - jnp.mod(u + jnp.arange(n, dtype=jnp.float32) / n, 1.0)
 
 
+def _stratified(key, shape: tuple, blocks: bool):
+  """stratified_times in `shape`. With blocks (its last axis), the strata
+  of one row's blocks lie 1/N of the range apart, not side by side."""
+  t = stratified_times(key, math.prod(shape))
+  if not blocks:
+    return t.reshape(shape)
+  return jnp.moveaxis(t.reshape(shape[-1], *shape[:-1]), 0, -1)
+
+
 def token_nll(logits_BxLxV, tokens_BxL):
   """-log softmax(logits)[token] per position, in float32."""
   logits = logits_BxLxV.astype(jnp.float32)
@@ -120,7 +129,7 @@ def train_loss(model, batch, key, schedule: schedules.Schedule, mask_id: int,
   b, l = batch["tokens"].shape
   n = b // 2 if complementary else b
   shape = (n, l // block_size) if block_size else (n,)
-  t = (stratified_times(t_key, math.prod(shape)).reshape(shape)
+  t = (_stratified(t_key, shape, blocks=bool(block_size))
        if times == "stratified"
        else 1.0 - jax.random.uniform(t_key, shape))  # In (0, 1] either way.
   if complementary:
@@ -182,7 +191,7 @@ def eval_nelbo(model, batch, key, mask_id: int, num_t_samples: int,
   b, l = batch["tokens"].shape
   shape = (num_t_samples, b, l // block_size) if block_size else (num_t_samples, b)
   u_key, mask_key = jax.random.split(key)
-  u = stratified_times(u_key, math.prod(shape)).reshape(shape)
+  u = _stratified(u_key, shape, blocks=bool(block_size))
   keys = jax.random.split(mask_key, num_t_samples)
   return jax.lax.map(
       lambda args: any_order_nelbo(model, batch, args[0], args[1], mask_id,

@@ -300,7 +300,7 @@ def sample(denoise_fn, params, key, init_BxL, *, mask_id: int, eos_id: int | Non
   Args:
     denoise_fn: hashable (a static argument of the jitted loop)
       (params, z_BxL, mask_rate_B) -> float logits_BxLxV over the V = mask_id
-      tokens (never [MASK]); or a network with RowDenoiser's interface (a
+      tokens (never [MASK]); or a samplers.Network subclass (a
       block-diffusion model's cached decoder, models.BlockDenoiser).
     params: any pytree of arrays, passed to denoise_fn unchanged.
     key: PRNG key.

@@ -136,10 +136,15 @@ def sampling_network(graphdef, block_size: int, init_BxL, mask_id: int,
                      block_length: int):
   """What the samplers run for a diffusion model of this template: its
   Denoiser, or for block diffusion (block_size > 0) its cached decoder."""
+  check_block_length(block_size, block_length)
   if not block_size:
     return Denoiser(graphdef)
-  if block_length not in (0, block_size):
+  return BlockDenoiser.for_template(graphdef, block_size, init_BxL, mask_id)
+
+
+def check_block_length(block_size: int, block_length: int) -> None:
+  """A block-diffusion model samples in its own blocks."""
+  if block_size and block_length not in (0, block_size):
     raise errors.UserError(
         f"sample.block_length={block_length}: a block-diffusion model samples "
         f"in its own blocks (0, or model.block_size={block_size})")
-  return BlockDenoiser.for_template(graphdef, block_size, init_BxL, mask_id)

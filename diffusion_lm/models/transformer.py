@@ -335,7 +335,7 @@ def segment_mask(segment_ids_BxL):
   return (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
 
 
-def block_attention(length: int, block_size: int) -> np.ndarray:
+def block_attention(length: int, block_size: int) -> jax.Array:
   """[2L, 2L]: who attends to whom in block diffusion's two streams.
 
   The row is read twice, noisy positions first (z_t, each block masked at its
@@ -347,10 +347,14 @@ def block_attention(length: int, block_size: int) -> np.ndarray:
   al. 2025, arXiv 2503.09573), and at sampling time the clean stream's keys
   and values of committed blocks are a cache.
   """
-  block = np.arange(length) // block_size
+  block = jnp.arange(2 * length) % length // block_size
+  noisy = jnp.arange(2 * length) < length
   query, key = block[:, None], block[None, :]
-  return np.block([[query == key, key < query],
-                   [np.zeros((length, length), bool), key <= query]])
+  # Computed, not a constant: at long rows a [2L, 2L] constant would bloat
+  # the program.
+  return jnp.where(noisy[:, None],
+                   jnp.where(noisy[None, :], query == key, key < query),
+                   ~noisy[None, :] & (key <= query))
 
 
 class Transformer(nnx.Module):
