@@ -3,6 +3,7 @@
   python benchmarks/diffusion_vs_ar.py --diffusion_workdir=runs/quickstart \
       --ar_workdir=runs/quickstart_ar --judge_workdir=runs/judge \
       [--block_workdir=runs/quickstart_bd3_4] --output_dir=runs/vs
+      (either diffusion workdir may be left out)
   python benchmarks/diffusion_vs_ar.py --train_quick=configs/markov.py \
       --output_dir=runs/vs_markov    # trains CONFIG, CONFIG:ar, CONFIG:bd3 first
 
@@ -21,8 +22,8 @@ results.jsonl, table.md and frontier.png to --output_dir:
   perplexity per token of the sampled rows under a judge that wrote none of
   them (--judge_workdir: any model with the same tokenizer, e.g. the AR
   twin's recipe trained with another seed; exact for an AR judge, the
-  NELBO bound for a diffusion one), cross-scored by both contestants (the
-  AR twin's exact perplexity and the diffusion model's bound), beside the
+  NELBO bound for a diffusion one), cross-scored by every contestant (the
+  AR twin's exact perplexity, the diffusion models' bounds), beside the
   samples' unigram entropy (flagged when it falls 10% below the AR
   samples': repetitive text games perplexity), and on the `markov` corpus
   the chain's exact report (diffusion_lm.quality) with the exact KL per
@@ -319,12 +320,17 @@ def main():
     trained = train_quick(args.train_quick, args.output_dir)
     args.diffusion_workdir, args.ar_workdir, args.block_workdir = (
         trained["diffusion"], trained["ar"], trained["block_diffusion"])
-  diffusion, ar = api.load(args.diffusion_workdir), api.load(args.ar_workdir)
-  scorers = {"ar_twin": ar, "diffusion_bound": diffusion}
-  contestants = {"diffusion": args.diffusion_workdir, "ar": args.ar_workdir}
-  if args.block_workdir:
-    scorers["block_bound"] = api.load(args.block_workdir)
-    contestants["block_diffusion"] = args.block_workdir
+  if not args.ar_workdir or not (args.diffusion_workdir or args.block_workdir):
+    sys.exit("error: --ar_workdir and at least one of --diffusion_workdir "
+             "and --block_workdir are required (or --train_quick)")
+  ar = api.load(args.ar_workdir)
+  scorers, contestants, sweeps = {"ar_twin": ar}, {"ar": args.ar_workdir}, {}
+  for model, workdir, scorer, sweep in (
+      ("diffusion", args.diffusion_workdir, "diffusion_bound", diffusion_sweep),
+      ("block_diffusion", args.block_workdir, "block_bound", block_sweep)):
+    if workdir:
+      scorers[scorer] = api.load(workdir)
+      contestants[model], sweeps[model] = workdir, (scorers[scorer], sweep)
   if args.judge_workdir:
     scorers = {"judge": api.load(args.judge_workdir), **scorers}
   if any(lm.tokenizer.to_json() != ar.tokenizer.to_json()
@@ -333,11 +339,9 @@ def main():
   key = next(iter(scorers))  # What the frontier and the figure use.
 
   rows = []
-  settings = [("ar", ar, {})] + [("diffusion", diffusion, o) for o in
-                                 diffusion_sweep(diffusion.config.data.seq_len)]
-  if args.block_workdir:
-    settings += [("block_diffusion", scorers["block_bound"], o)
-                 for o in block_sweep(diffusion.config.data.seq_len)]
+  length = ar.config.data.seq_len
+  settings = [("ar", ar, {})] + [(model, lm, o) for model, (lm, sweep)
+                                 in sweeps.items() for o in sweep(length)]
   for model, lm, options in settings:
     judged = judge(lm, options, samples(lm, options, args.num_samples), scorers)
     for batch in BATCHES:
@@ -350,7 +354,7 @@ def main():
   summary = {"likelihood": {model: likelihood(workdir)
                             for model, workdir in contestants.items()},
              "frontier_by": key, "frontier": frontier(rows, f"{key}_perplexity")}
-  if diffusion.config.data.corpus == "markov":
+  if ar.config.data.corpus == "markov":
     summary["kl_frontier"] = kl_frontier(rows)
   print(json.dumps({"summary": summary}))
   write(os.path.join(args.output_dir, "results.jsonl"),
