@@ -341,7 +341,7 @@ def params_from(workdir: str, target: dict, tokenizer, model_config,
                     advice + "data.tokenizer and corpus")
     source = models.TransformerConfig.from_config(saved_config.model,
                                                   tokenizer.vocab_size)
-    if cfg.causal and not source.causal and cfg.local_width:
+    if cfg.causal and not source.causal and source.local_width:
       raise errors.UserError(
           f"train.init_from={workdir} is a {source.objective} run, whose input "
           "layer reads the tokens after each position (model.local_width="

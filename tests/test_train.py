@@ -159,6 +159,7 @@ def test_a_restarted_data_order_survives_the_next_resume(tiny_config, tmp_path):
   assert losses(again) == losses(first)
 
 
+@pytest.mark.slow
 def test_a_run_started_from_another_runs_parameters(tiny_config, tmp_path):
   # Bugs caught: train.init_from ignored (a random start evaluates
   # otherwise), the source's optimizer step or another checkpoint's
